@@ -1,0 +1,109 @@
+"""Open the store named by `GATEWAY_REDIS_URL`, or the embedded one.
+
+URL forms:
+- `redis://host:port/db`, `rediss://…` — one Redis (TLS with rediss)
+- `redis+cluster://host:port` — Redis Cluster, discovered from that seed node
+- `redis+sentinel://host:port[,host:port…]/service_name[/db]` — Sentinel-managed primary
+
+Without a URL the gateway runs on fakeredis with lupa: the very same Lua scripts,
+in-process, not persisted. Useful for `gateway demo` and for trying rules out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import RedisError
+
+from gateway.errors import StoreUnavailable
+
+log = logging.getLogger("gateway.store")
+
+T = TypeVar("T")
+
+# Every Redis call has a short deadline so a dead Redis never stalls requests.
+DEFAULT_DEADLINE_S = 0.25
+
+
+@dataclass
+class Store:
+    """A Redis-compatible client plus the facts the gateway needs about it."""
+
+    client: Any  # redis.asyncio.Redis | RedisCluster | fakeredis FakeRedis
+    description: str
+    embedded: bool = False
+    cluster: bool = False
+    deadline_s: float = DEFAULT_DEADLINE_S
+    _closers: list[Any] = field(default_factory=list)
+
+    async def call(self, awaitable: Awaitable[T], deadline_s: float | None = None) -> T:
+        """Await one store operation within the deadline; failures become StoreUnavailable."""
+        try:
+            async with asyncio.timeout(deadline_s or self.deadline_s):
+                return await awaitable
+        except TimeoutError as exc:
+            raise StoreUnavailable() from exc
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"store error: {type(exc).__name__}") from exc
+
+    async def ping(self) -> bool:
+        try:
+            await self.call(self.client.ping())
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def close(self) -> None:
+        try:
+            await self.client.aclose()
+        except Exception:  # closing a dead connection may raise; nothing to do about it
+            log.debug("store close failed", exc_info=True)
+
+
+def open_store(url: str | None, *, deadline_s: float = DEFAULT_DEADLINE_S) -> Store:
+    """Build the store client (connections are opened lazily by redis-py)."""
+    if not url:
+        return _embedded(deadline_s)
+    parts = urlsplit(url)
+    timeouts = {"socket_timeout": deadline_s * 4, "socket_connect_timeout": deadline_s * 4}
+    if parts.scheme == "redis+cluster":
+        client: Any = RedisCluster.from_url(
+            url.replace("redis+cluster://", "redis://", 1), **timeouts
+        )
+        return Store(client, f"Redis Cluster at {parts.netloc}", cluster=True,
+                     deadline_s=deadline_s)
+    if parts.scheme == "redis+sentinel":
+        hosts = []
+        for hostport in parts.netloc.split(","):
+            host, _, port = hostport.rpartition(":")
+            hosts.append((host, int(port or 26379)))
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ValueError("redis+sentinel:// URL needs a service name: …/service_name")
+        db = int(path[1]) if len(path) > 1 else 0
+        sentinel = Sentinel(hosts, **timeouts)
+        client = sentinel.master_for(path[0], db=db, **timeouts)
+        return Store(client, f"Redis via Sentinel {parts.netloc}/{path[0]}",
+                     deadline_s=deadline_s)
+    if parts.scheme in ("redis", "rediss", "unix"):
+        client = aioredis.Redis.from_url(url, **timeouts)
+        return Store(client, f"Redis at {parts.hostname}:{parts.port or 6379}",
+                     deadline_s=deadline_s)
+    raise ValueError(f"unsupported GATEWAY_REDIS_URL scheme {parts.scheme!r}")
+
+
+def _embedded(deadline_s: float) -> Store:
+    import fakeredis
+
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    # In-process calls cannot hang on a network; a generous deadline only guards bugs.
+    return Store(client, "embedded store (in-process, same Lua, NOT persisted)",
+                 embedded=True, deadline_s=max(deadline_s, 2.0))

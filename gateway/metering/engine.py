@@ -1,0 +1,148 @@
+"""The metering engine: the workspace → user cascade over the debit script, and settlement.
+
+Common path: one round trip (the paying account's script). A workspace without a plan
+answers NO_PLAN, which is remembered for a few seconds so its members' requests go
+straight to their own budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from gateway.caller import Caller
+from gateway.metering.accounts import Account
+from gateway.metering.plans import BUCKETS, PlanTables
+from gateway.metering.scripts import Scripts
+from gateway.metering.verdict import ADMIT, DUPLICATE, NO_PLAN, Decision, Leg, refuse
+from gateway.store import Store
+
+if TYPE_CHECKING:
+    from gateway.rules import Rules
+
+NO_PLAN_TTL_S = 5.0   # a workspace that gets a plan is charged first within this
+
+
+class MeteringEngine:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock_ms: Callable[[], int] | None = None,
+        observe_store: Callable[[str, float, bool], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.scripts = Scripts.register(store)
+        self.clock_ms = clock_ms            # tests inject time; production uses Redis TIME
+        self._no_plan: dict[str, float] = {}
+        self._observe = observe_store or (lambda op, s, ok: None)
+
+    def _now_arg(self) -> str:
+        return str(self.clock_ms()) if self.clock_ms is not None else ""
+
+    async def _run(self, op: str, script: Any, keys: list[str], args: list[Any]) -> Any:
+        t0 = time.perf_counter()
+        ok = False
+        try:
+            result = await self.store.call(script(keys=keys, args=args))
+            ok = True
+            return result
+        finally:
+            self._observe(op, time.perf_counter() - t0, ok)
+
+    async def admit(
+        self,
+        rules: Rules,
+        tables: PlanTables,
+        caller: Caller,
+        *,
+        meter: str,
+        units: int,
+        route: str,
+        request_id: str,
+        idempotent: bool,
+        enforce: bool,
+    ) -> Decision:
+        """Debit `units` of `meter` from the first account that admits them."""
+        legs: list[Leg] = []
+        accounts: list[tuple[Account, str]] = []
+        if caller.workspace and self._no_plan.get(caller.workspace, 0.0) < time.monotonic():
+            accounts.append((Account("workspace", caller.workspace),
+                             rules.defaults.workspace_plan or ""))
+        accounts.append((Account("user", caller.user), rules.defaults.user_plan or ""))
+        key_windows = ""
+        if caller.key_limit and caller.key_window_s:
+            key_windows = f"{caller.key_limit}:{caller.key_window_s * 1000}"
+        pico = rules.meters[meter].pico_usd_per_unit
+        inactive = rules.billing.inactive if rules.billing else "fallback"
+        for account, default_plan in accounts:
+            rid = request_id if idempotent else ""
+            reply = await self._run("debit", self.scripts.debit, [
+                account.config_key, account.windows_key, account.credits_key,
+                account.usage_stream, account.request_key(rid or "-"), account.period_prefix,
+            ], [
+                self._now_arg(), units, meter, pico, tables.by_meter[meter], default_plan,
+                key_windows, BUCKETS, rid, route, caller.key_id or "", caller.user,
+                int(caller.test), int(enforce), inactive, f"k:{caller.key_id}:",
+            ])
+            leg = Leg.parse(account, reply)
+            if leg.verdict == NO_PLAN:
+                if account.scope == "workspace":
+                    self._no_plan[account.id] = time.monotonic() + NO_PLAN_TTL_S
+                    self._trim_no_plan()
+                continue
+            if leg.verdict in (ADMIT, DUPLICATE):
+                return Decision(admitted=True, units=units, leg=leg,
+                                charged=leg.verdict == ADMIT, legs=[*legs, leg])
+            if not enforce and not leg.code:
+                # Shadow mode and this account would admit: proxy, charge nothing.
+                return Decision(admitted=True, units=units, leg=leg, legs=[*legs, leg])
+            legs.append(leg)
+        if not legs:
+            # Nobody has a plan and there is no default plan: nothing to charge.
+            return Decision(admitted=True, units=units)
+        billing = rules.billing
+        error = refuse(legs, billing.upgrade_url if billing else None,
+                       billing.top_up_url if billing else None)
+        if not enforce:
+            return Decision(admitted=True, units=units, leg=legs[-1], legs=legs,
+                            shadow_code=error.code)
+        return Decision(admitted=False, units=units, legs=legs, error=error)
+
+    def _trim_no_plan(self) -> None:
+        if len(self._no_plan) > 100_000:  # bounded: forget the expired ones
+            now = time.monotonic()
+            self._no_plan = {k: v for k, v in self._no_plan.items() if v > now}
+
+    async def settle(
+        self,
+        rules: Rules,
+        tables: PlanTables,
+        decision: Decision,
+        caller: Caller,
+        *,
+        actual: int,
+        kind: str,
+        route: str,
+        request_id: str,
+        model: str = "",
+        meter: str,
+    ) -> int:
+        """Move a charged debit to `actual` units (0 = refund). Returns the delta."""
+        leg = decision.leg
+        if leg is None or not decision.charged:
+            return 0
+        account = leg.account
+        reply = await self._run("settle", self.scripts.settle, [
+            account.credits_key, account.usage_stream, account.period_key(leg.period),
+            account.settled_key(request_id),
+        ], [
+            self._now_arg(), meter, rules.meters[meter].pico_usd_per_unit, decision.units,
+            leg.quota_units, leg.credit_units, leg.credit_micro, leg.overage_units,
+            leg.overage_micro, leg.grace_units, actual,
+            tables.quota.get((leg.plan, meter), -1), int(tables.overage.get(leg.plan, False)),
+            kind, route, model, request_id, caller.key_id or "", caller.user,
+            int(caller.test), leg.period, leg.plan,
+        ])
+        return int(reply[0])

@@ -1,0 +1,287 @@
+-- debit.lua: check and commit one account's debit in one atomic step.
+--
+-- All keys share the account's hash tag ({ws:ID} or {u:ID}), so this runs unchanged on
+-- Redis Cluster. A denial writes nothing. The same script runs on real Redis and on the
+-- embedded store (fakeredis + lupa, Lua 5.1).
+--
+-- KEYS: 1 account hash   2 window hash   3 credit balance (micro-USD)
+--       4 usage stream   5 request-id record   6 period-hash prefix ("…:p:")
+-- ARGV: 1 now_ms ("" = Redis TIME; tests inject a clock)
+--       2 units            3 meter              4 pico-USD per unit
+--       5 plan table for this meter (see gateway/metering/plans.py)
+--       6 default plan name (used when the account has no plan of its own, "" = none)
+--       7 key windows "limit:window_ms,…" ("" = none; checked with the account's)
+--       8 buckets per window   9 request id ("" = not idempotent)
+--      10 route   11 key id   12 user   13 test (0/1)   14 enforce (0 = shadow)
+--      15 inactive policy: "deny" | "fallback"     16 key-window field prefix
+--
+-- Reply (flat array, see gateway/metering/verdict.py):
+--  1 verdict 1 admit, 0 deny, 2 no plan (try the next account), 3 duplicate request id
+--  2 code    3 throughput_ok  4 retry_after_ms  5 limit  6 remaining  7 reset_ms
+--  8 window_ms  9 quota units  10 credit units  11 credit micro  12 overage units
+--  13 overage micro  14 grace units  15 quota remaining  16 period  17 now_ms  18 plan
+--  19 money_ok  20 scope of the binding window ("account" | "key")
+
+local acct_key, win_key, credits_key, stream_key, rid_key, period_prefix =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+
+local function fmt(x) return string.format('%d', x) end
+
+-- Exact ceil(a / b) for non-negative integers held in doubles (a < 2^53).
+local function ceil_div(a, b)
+  local q = math.floor(a / b)
+  while q * b > a do q = q - 1 end
+  while q * b < a do q = q + 1 end
+  return q
+end
+
+local now
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local units = tonumber(ARGV[2])
+local meter = ARGV[3]
+local pico = tonumber(ARGV[4])
+local plan_table = ARGV[5]
+local buckets = tonumber(ARGV[8])
+local rid = ARGV[9]
+local enforce = ARGV[14] == '1'
+
+-- A repeated request id returns the first result and charges nothing more.
+if rid ~= '' then
+  local prior = redis.call('HGET', rid_key, 'reply')
+  if prior then
+    local reply = cjson.decode(prior)
+    reply[1] = 3
+    return reply
+  end
+end
+
+-- Which plan applies: the account's own (if its subscription status admits), else the
+-- default plan where configured.
+local acct = redis.call('HMGET', acct_key, 'plan', 'status', 'past_due_until',
+  'period_start', 'period_end', 'cap_micro', 'hard_cap')
+local plan = acct[1]
+local status = acct[2] or 'active'
+local inactive = false
+if plan then
+  if status == 'past_due' then
+    inactive = now >= tonumber(acct[3] or '0')
+  elseif status ~= 'active' and status ~= 'trialing' then
+    inactive = true
+  end
+end
+if inactive and ARGV[15] == 'fallback' then plan = nil; inactive = false end
+if not plan then
+  if ARGV[6] == '' then
+    return {2, 'NO_PLAN', 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '', now, '', 1, 'account'}
+  end
+  plan = ARGV[6]
+end
+
+-- "\n<plan> <quota> <overage 0|1> <grace %> <enforce 0|1> <windows>" for this meter;
+-- quota -1 means the plan has no quota for this meter.
+local s, e = string.find(plan_table, '\n' .. plan .. ' ', 1, true)
+if not s then
+  return redis.error_reply('plan ' .. plan .. ' is not in the rules')
+end
+local line_end = string.find(plan_table, '\n', e + 1, true) or (#plan_table + 1)
+local fields = {}
+for f in string.gmatch(string.sub(plan_table, e + 1, line_end - 1), '%S+') do
+  fields[#fields + 1] = f
+end
+local quota = tonumber(fields[1])
+local overage = fields[2] == '1'
+local grace_pct = tonumber(fields[3])
+if fields[4] == '0' then enforce = false end
+local plan_windows = fields[5] or '-'
+
+-- The billing period: the subscription's while it runs, else the UTC calendar month.
+local period, period_end_ms
+local p_start, p_end = tonumber(acct[4] or ''), tonumber(acct[5] or '')
+if p_start and p_end and now >= p_start and now < p_end then
+  period = 's' .. fmt(p_start)
+  period_end_ms = p_end
+else
+  -- civil-from-days (H. Hinnant), integer arithmetic only
+  local z = math.floor(now / 86400000) + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  period = string.format('%04d-%02d', y, m)
+  period_end_ms = 0
+end
+local period_key = period_prefix .. period
+
+-- Throughput: sliding windows of `buckets` sub-buckets each (see docs/metering.md).
+-- A window counts every bucket that overlaps the trailing window, so it can only
+-- over-count (refuse early by at most one bucket's span), never over-admit.
+local throughput_ok = true
+local never = false
+local retry_ms = 0
+local g_limit, g_remaining, g_reset, g_window, g_scope = 0, 0, 0, 0, 'account'
+local g_ratio = 2
+local writes = {}
+
+local function check(spec, prefix, scope)
+  for limit_s, window_s in string.gmatch(spec, '(%d+):(%d+)') do
+    local limit, window = tonumber(limit_s), tonumber(window_s)
+    local width = window / buckets
+    local cur = math.floor(now / width)
+    local names = {}
+    for i = 0, buckets do
+      names[#names + 1] = prefix .. window_s .. ':' .. fmt((cur - i) % (buckets + 1))
+    end
+    local vals = redis.call('HMGET', win_key, unpack(names))
+    local used, live = 0, {}
+    local cur_units = 0
+    for i = 1, #vals do
+      local v = vals[i]
+      if v then
+        local sep = string.find(v, ':', 1, true)
+        local b = tonumber(string.sub(v, 1, sep - 1))
+        local u = tonumber(string.sub(v, sep + 1))
+        if b >= cur - buckets and b <= cur then
+          used = used + u
+          live[#live + 1] = {b, u}
+          if b == cur then cur_units = u end
+        end
+      end
+    end
+    local remaining = limit - used
+    if units > limit then never = true end
+    local ok = units <= remaining
+    if not ok then
+      throughput_ok = false
+      -- Soonest time enough old buckets have slid out for this request to fit.
+      table.sort(live, function(a, b) return a[1] < b[1] end)
+      local freed = 0
+      for _, bu in ipairs(live) do
+        freed = freed + bu[2]
+        if used - freed + units <= limit then
+          local at = math.ceil((bu[1] + buckets + 1) * width)
+          if at - now > retry_ms then retry_ms = at - now end
+          break
+        end
+      end
+    else
+      writes[#writes + 1] = {names[1], fmt(cur) .. ':' .. fmt(cur_units + units)}
+      remaining = remaining - units
+    end
+    -- The gauge reported in RateLimit headers: the tightest window.
+    local ratio = remaining / limit
+    if ratio < g_ratio then
+      g_ratio = ratio
+      g_limit, g_remaining, g_window, g_scope = limit, math.max(remaining, 0), window, scope
+      local oldest = live[1] and live[1][1] or cur
+      for _, bu in ipairs(live) do if bu[1] < oldest then oldest = bu[1] end end
+      g_reset = math.ceil((oldest + buckets + 1) * width) - now
+    end
+  end
+end
+
+if units > 0 then
+  check(plan_windows, 'a:', 'account')
+  if ARGV[7] ~= '' then check(ARGV[7], ARGV[16], 'key') end
+end
+
+-- Money: plan quota -> prepaid credits -> overage (bounded by a hard cap) -> grace.
+local pf = redis.call('HMGET', period_key, 'q:' .. meter, 'g:' .. meter, 'spend')
+local q_used, g_used, spend = tonumber(pf[1] or '0'), tonumber(pf[2] or '0'),
+  tonumber(pf[3] or '0')
+local q_total = quota > 0 and quota or 0
+local take_q = math.min(units, math.max(q_total - q_used, 0))
+local rest = units - take_q
+local take_c, cm, take_o, om, take_g = 0, 0, 0, 0, 0
+local cap = tonumber(acct[6] or '')
+local hard = acct[7] == '1' and cap ~= nil
+local capped = false
+local balance = 0
+if rest > 0 then
+  balance = tonumber(redis.call('GET', credits_key) or '0')
+  local cost = ceil_div(rest * pico, 1000000)
+  if cost <= balance then
+    if hard and spend + cost > cap then capped = true
+    else take_c, cm, rest = rest, cost, 0 end
+  end
+end
+if rest > 0 and overage then
+  local cost = ceil_div(rest * pico, 1000000)
+  if hard and spend + cost > cap then capped = true
+  else take_o, om, rest = rest, cost, 0 end
+end
+if rest > 0 and grace_pct > 0 and q_total > 0 then
+  local g_total = math.floor(q_total * grace_pct / 100)
+  if rest <= g_total - g_used then take_g, rest = rest, 0 end
+end
+local money_ok = rest == 0
+if inactive then money_ok = false end
+
+local code = ''
+if never then
+  code = 'COST_EXCEEDS_LIMIT'
+elseif inactive then
+  code = 'SUBSCRIPTION_INACTIVE'
+elseif not money_ok then
+  if capped then code = 'BUDGET_HARD_CAP_HIT'
+  elseif balance > 0 or q_total == 0 then code = 'INSUFFICIENT_CREDITS'
+  else code = 'QUOTA_EXHAUSTED' end
+elseif not throughput_ok then
+  code = 'RATE_LIMITED'
+end
+
+local q_remaining = math.max(q_total - q_used - take_q, 0)
+local reply = {0, code, throughput_ok and 1 or 0, retry_ms, g_limit, g_remaining, g_reset,
+  g_window, take_q, take_c, cm, take_o, om, take_g, q_remaining, period, now, plan,
+  money_ok and 1 or 0, g_scope}
+if code ~= '' or not enforce then
+  -- A denial, or shadow mode: decide, write nothing.
+  return reply
+end
+reply[1] = 1
+
+for _, w in ipairs(writes) do redis.call('HSET', win_key, w[1], w[2]) end
+if #writes > 0 then
+  local longest = 0
+  for window_s in string.gmatch(plan_windows .. ',' .. ARGV[7], '%d+:(%d+)') do
+    if tonumber(window_s) > longest then longest = tonumber(window_s) end
+  end
+  redis.call('PEXPIRE', win_key, longest * 2)
+end
+
+local route = ARGV[10]
+redis.call('HINCRBY', period_key, 'u:' .. meter, units)
+redis.call('HINCRBY', period_key, 'n', 1)
+redis.call('HINCRBY', period_key, 'ru:' .. route .. ':' .. meter, units)
+redis.call('HINCRBY', period_key, 'rn:' .. route, 1)
+if take_q > 0 then redis.call('HINCRBY', period_key, 'q:' .. meter, take_q) end
+if take_g > 0 then redis.call('HINCRBY', period_key, 'g:' .. meter, take_g) end
+if take_o > 0 then redis.call('HINCRBY', period_key, 'o:' .. meter, take_o) end
+if cm + om > 0 then redis.call('HINCRBY', period_key, 'spend', cm + om) end
+if cm > 0 then redis.call('DECRBY', credits_key, cm) end
+-- Kept ~13 months: usage history outlives the period for invoices and disputes.
+redis.call('PEXPIRE', period_key, 34214400000)
+
+redis.call('XADD', stream_key, '*', 'kind', 'debit', 'rid', rid, 'meter', meter,
+  'units', fmt(units), 'q', fmt(take_q), 'c', fmt(take_c), 'cm', fmt(cm),
+  'o', fmt(take_o), 'om', fmt(om), 'g', fmt(take_g), 'period', period, 'route', route,
+  'key', ARGV[11], 'user', ARGV[12], 'test', ARGV[13], 'plan', plan, 't', fmt(now))
+
+if rid ~= '' then
+  redis.call('HSET', rid_key, 'reply', cjson.encode(reply), 'meter', meter,
+    'units', fmt(units), 'q', fmt(take_q), 'c', fmt(take_c), 'cm', fmt(cm),
+    'o', fmt(take_o), 'om', fmt(om), 'g', fmt(take_g), 'period', period, 'route', route,
+    'pico', fmt(pico), 'state', 'open')
+  redis.call('PEXPIRE', rid_key, 86400000)
+end
+return reply

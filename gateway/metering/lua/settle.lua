@@ -1,0 +1,104 @@
+-- settle.lua: move one admitted debit from its reserve to the actual amount.
+--
+-- Called once per admitted request whose cost changes after the response: a refund
+-- (actual = 0: upstream failure) or a settlement (reserve -> what the upstream reported).
+-- The gateway passes the pools the debit took, so the script needs no per-request
+-- record; a "settled" marker on the request-id record makes a repeat a no-op.
+--
+-- KEYS: 1 credit balance   2 usage stream   3 period hash   4 settle marker
+-- ARGV: 1 now_ms ("" = TIME)  2 meter  3 pico/unit  4 units debited  5 quota units
+--       6 credit units  7 credit micro  8 overage units  9 overage micro  10 grace units
+--      11 actual units  12 quota total (plan, -1 none)  13 overage allowed (0/1)
+--      14 kind ("settle" | "refund")  15 route  16 model ("" none)  17 rid
+--      18 key id  19 user  20 test  21 period  22 plan
+-- Reply: {delta units, quota units, credit units, credit micro, overage units,
+--         overage micro, grace units}  (the debit's pools after settlement)
+
+local credits_key, stream_key, period_key, marker_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local function fmt(x) return string.format('%d', x) end
+local function ceil_div(a, b)
+  local q = math.floor(a / b)
+  while q * b > a do q = q - 1 end
+  while q * b < a do q = q + 1 end
+  return q
+end
+
+local now
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local meter, pico = ARGV[2], tonumber(ARGV[3])
+local units = tonumber(ARGV[4])
+local q, c, cm, o, om, g = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
+  tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local actual = tonumber(ARGV[11])
+local quota, overage = tonumber(ARGV[12]), ARGV[13] == '1'
+
+if redis.call('SET', marker_key, '1', 'NX', 'PX', 3600000) == false then
+  return {0, q, c, cm, o, om, g}  -- already settled: nothing more moves
+end
+
+local delta = actual - units
+local d_q, d_c, d_cm, d_o, d_om, d_g = 0, 0, 0, 0, 0, 0
+if delta < 0 then
+  -- Give back in the reverse of the payment order: grace, overage, credits, quota.
+  local back = -delta
+  local take = math.min(back, g); d_g = -take; back = back - take
+  take = math.min(back, o)
+  if take > 0 then
+    d_o = -take
+    d_om = ceil_div((o - take) * pico, 1000000) - om
+    back = back - take
+  end
+  take = math.min(back, c)
+  if take > 0 then
+    d_c = -take
+    d_cm = ceil_div((c - take) * pico, 1000000) - cm
+    back = back - take
+  end
+  take = math.min(back, q); d_q = -take
+elseif delta > 0 then
+  -- The work is done: charge it. Quota, then credits, then overage; what no pool can
+  -- pay is booked against the quota (used beyond its total), so the next request is
+  -- refused instead of this one being lost.
+  local more = delta
+  local pf = redis.call('HMGET', period_key, 'q:' .. meter)
+  local q_used = tonumber(pf[1] or '0')
+  local avail = math.max((quota > 0 and quota or 0) - q_used, 0)
+  local take = math.min(more, avail); d_q = take; more = more - take
+  if more > 0 then
+    local balance = tonumber(redis.call('GET', credits_key) or '0')
+    local cost = ceil_div((c + more) * pico, 1000000) - cm
+    if cost <= balance then d_c = more; d_cm = cost; more = 0 end
+  end
+  if more > 0 and overage then
+    d_o = more
+    d_om = ceil_div((o + more) * pico, 1000000) - om
+    more = 0
+  end
+  d_q = d_q + more
+end
+
+if d_q ~= 0 then redis.call('HINCRBY', period_key, 'q:' .. meter, d_q) end
+if d_g ~= 0 then redis.call('HINCRBY', period_key, 'g:' .. meter, d_g) end
+if d_o ~= 0 then redis.call('HINCRBY', period_key, 'o:' .. meter, d_o) end
+if d_cm + d_om ~= 0 then redis.call('HINCRBY', period_key, 'spend', d_cm + d_om) end
+if d_cm ~= 0 then redis.call('DECRBY', credits_key, d_cm) end
+if delta ~= 0 then
+  redis.call('HINCRBY', period_key, 'u:' .. meter, delta)
+  redis.call('HINCRBY', period_key, 'ru:' .. ARGV[15] .. ':' .. meter, delta)
+end
+if ARGV[16] ~= '' then
+  redis.call('HINCRBY', period_key, 'mu:' .. ARGV[16] .. ':' .. meter, actual)
+  redis.call('HINCRBY', period_key, 'mn:' .. ARGV[16], 1)
+end
+redis.call('XADD', stream_key, '*', 'kind', ARGV[14], 'rid', ARGV[17], 'meter', meter,
+  'units', fmt(delta), 'q', fmt(d_q), 'c', fmt(d_c), 'cm', fmt(d_cm), 'o', fmt(d_o),
+  'om', fmt(d_om), 'g', fmt(d_g), 'period', ARGV[21], 'route', ARGV[15],
+  'model', ARGV[16], 'key', ARGV[18], 'user', ARGV[19], 'test', ARGV[20],
+  'plan', ARGV[22], 't', fmt(now))
+return {delta, q + d_q, c + d_c, cm + d_cm, o + d_o, om + d_om, g + d_g}

@@ -1,0 +1,142 @@
+"""From debit-script replies to one decision (pure).
+
+Nobody admits → 429 if some account refused *only* for throughput (Retry-After = the
+soonest of those), else 402 with the most specific money code; a cost no window can
+ever hold → 413 COST_EXCEEDS_LIMIT, never an endless 429.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import GatewayError
+from gateway.metering.accounts import Account
+
+ADMIT, DENY, NO_PLAN, DUPLICATE = 1, 0, 2, 3
+
+# Most specific first: when every account refuses for money, the client is told the
+# reason that is most actionable.
+MONEY_CODES = ("BUDGET_HARD_CAP_HIT", "SUBSCRIPTION_INACTIVE", "INSUFFICIENT_CREDITS",
+               "QUOTA_EXHAUSTED")
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One account's answer to one debit."""
+
+    account: Account
+    verdict: int
+    code: str
+    throughput_ok: bool
+    retry_after_ms: int
+    limit: int
+    remaining: int
+    reset_ms: int
+    window_ms: int
+    quota_units: int
+    credit_units: int
+    credit_micro: int
+    overage_units: int
+    overage_micro: int
+    grace_units: int
+    quota_remaining: int
+    period: str
+    now_ms: int
+    plan: str
+    money_ok: bool
+    window_scope: str
+
+    @classmethod
+    def parse(cls, account: Account, reply: list[Any]) -> Leg:
+        n = [int(x) if isinstance(x, int) else x for x in reply]
+        return cls(account, int(n[0]), _s(n[1]), bool(int(n[2])), int(n[3]), int(n[4]),
+                   int(n[5]), int(n[6]), int(n[7]), int(n[8]), int(n[9]), int(n[10]),
+                   int(n[11]), int(n[12]), int(n[13]), int(n[14]), _s(n[15]), int(n[16]),
+                   _s(n[17]), bool(int(n[18])), _s(n[19]))
+
+    @property
+    def only_throughput(self) -> bool:
+        return self.code == "RATE_LIMITED" and self.money_ok
+
+
+@dataclass(slots=True)
+class Decision:
+    """The outcome of metering one request."""
+
+    admitted: bool
+    units: int = 0
+    leg: Leg | None = None               # the paying account's answer
+    charged: bool = False                # False: free, shadow, duplicate request id
+    shadow_code: str | None = None       # enforce: false and it would have been refused
+    error: GatewayError | None = None
+    legs: list[Leg] = field(default_factory=list)
+
+    @property
+    def account(self) -> Account | None:
+        return self.leg.account if self.leg else None
+
+
+def rate_limit_headers(leg: Leg) -> list[tuple[bytes, bytes]]:
+    """IETF RateLimit-Policy / RateLimit fields for the binding window."""
+    if leg.limit <= 0:
+        return []
+    window_s = max(1, leg.window_ms // 1000)
+    reset_s = max(0, math.ceil(leg.reset_ms / 1000))
+    name = leg.window_scope
+    return [
+        (b"ratelimit-policy", f'"{name}";q={leg.limit};w={window_s}'.encode()),
+        (b"ratelimit", f'"{name}";r={leg.remaining};t={reset_s}'.encode()),
+    ]
+
+
+def refuse(legs: list[Leg], upgrade_url: str | None, top_up_url: str | None) -> GatewayError:
+    """The error for a request that no account admitted (`legs` non-empty)."""
+    throttled = [leg for leg in legs if leg.only_throughput]
+    if throttled:
+        leg = min(throttled, key=lambda x: x.retry_after_ms)
+        retry_s = max(1, math.ceil(leg.retry_after_ms / 1000))
+        headers = {"Retry-After": str(retry_s)}
+        headers.update((k.decode(), v.decode()) for k, v in rate_limit_headers(leg))
+        return GatewayError(
+            "RATE_LIMITED",
+            f"{leg.account.scope} throughput limit of {leg.limit} units per "
+            f"{leg.window_ms // 1000}s reached; retry in {retry_s}s",
+            headers=headers, scope=_scope(leg), limit=leg.limit, remaining=leg.remaining,
+            reset=max(0, math.ceil(leg.reset_ms / 1000)), retry_after=retry_s)
+    if all(leg.code == "COST_EXCEEDS_LIMIT" for leg in legs):
+        leg = legs[-1]
+        return GatewayError(
+            "COST_EXCEEDS_LIMIT",
+            f"this request costs more units than any throughput window of the "
+            f"{leg.plan} plan can ever hold ({leg.limit} per {leg.window_ms // 1000}s)",
+            status=413, scope=_scope(leg), limit=leg.limit, upgrade_url=upgrade_url)
+    for code in MONEY_CODES:
+        for leg in reversed(legs):  # the user's leg (the last resort) speaks first
+            if leg.code == code:
+                return GatewayError(
+                    code, _money_detail(leg), scope=_scope(leg),
+                    remaining=leg.quota_remaining, period=leg.period,
+                    top_up_url=top_up_url if code != "SUBSCRIPTION_INACTIVE" else None,
+                    upgrade_url=upgrade_url)
+    leg = legs[-1]
+    return GatewayError(leg.code or "QUOTA_EXHAUSTED", _money_detail(leg), scope=_scope(leg))
+
+
+def _scope(leg: Leg) -> str:
+    return "key" if leg.window_scope == "key" and not leg.throughput_ok else leg.account.scope
+
+
+def _money_detail(leg: Leg) -> str:
+    who = f"{leg.account.scope} {leg.account.id}"
+    return {
+        "BUDGET_HARD_CAP_HIT": f"{who} reached its monthly budget cap",
+        "SUBSCRIPTION_INACTIVE": f"{who}'s subscription is not active",
+        "INSUFFICIENT_CREDITS": f"{who} has too few prepaid credits for this request",
+        "QUOTA_EXHAUSTED": f"{who} used its {leg.plan} plan quota for period {leg.period}",
+    }.get(leg.code, f"{who} cannot pay for this request ({leg.code})")

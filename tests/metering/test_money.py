@@ -1,0 +1,230 @@
+"""The debit and settle scripts: pools, codes, caps, idempotency, periods, conservation."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+from datetime import datetime, timezone
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.metering.accounts import Account
+from gateway.store import Store, open_store
+from tests.metering.script_driver import Driver, plan_table
+
+T0 = 1_795_000_000_000  # 2026-11-18 UTC
+BIG = "1000000:60000"
+TABLE = plan_table(
+    free=f"100 0 10 1 {BIG}",      # 100 units, 10 % grace, no overage
+    payg=f"0 1 0 1 {BIG}",         # no quota, overage
+    credits=f"-1 0 0 1 {BIG}",     # no quota for this meter: credits only
+    shadow=f"10 0 0 0 {BIG}",      # enforce: false
+)
+USER = Account("user", "alice")
+
+
+def ms(y: int, m: int, d: int, hh: int = 0, mm: int = 0, ss: int = 0) -> int:
+    return calendar.timegm(datetime(y, m, d, hh, mm, ss, tzinfo=timezone.utc).timetuple()) * 1000
+
+
+async def set_plan(store: Store, account: Account, plan: str, **fields: str) -> None:
+    await store.client.hset(account.config_key, mapping={"plan": plan, **fields})
+
+
+async def test_quota_then_grace_then_quota_exhausted(store: Store) -> None:
+    d = Driver(store, TABLE)
+    first = await d.debit(USER, 95, T0)
+    assert (first.verdict, first.quota_units, first.quota_remaining) == (1, 95, 5)
+    split = await d.debit(USER, 10, T0 + 1)  # 5 from quota cannot cover: grace pays all 10
+    assert split.verdict == 1
+    assert (split.quota_units, split.grace_units) == (5, 5)
+    over = await d.debit(USER, 6, T0 + 2)   # grace 10 total, 5 used, 6 > 5 left
+    assert (over.verdict, over.code) == (0, "QUOTA_EXHAUSTED")
+    assert over.money_ok is False and over.throughput_ok is True
+    assert await d.period_field(USER, "2026-11", "q:fcu") == 100
+    assert await d.period_field(USER, "2026-11", "g:fcu") == 5
+
+
+async def test_credits_pay_after_quota_at_the_meter_price(store: Store) -> None:
+    d = Driver(store, TABLE)
+    await store.client.set(USER.credits_key, 30)  # 30 micro-USD = 15 units at 2 µ$/unit
+    await d.debit(USER, 100, T0)
+    leg = await d.debit(USER, 15, T0 + 1)
+    assert (leg.verdict, leg.credit_units, leg.credit_micro) == (1, 15, 30)
+    assert int(await store.client.get(USER.credits_key)) == 0
+    # Grace (10 units) is still there after credits are gone:
+    assert (await d.debit(USER, 10, T0 + 2)).grace_units == 10
+    refused = await d.debit(USER, 1, T0 + 3)
+    assert refused.code == "QUOTA_EXHAUSTED"
+
+
+async def test_insufficient_credits_when_the_plan_has_no_quota(store: Store) -> None:
+    d = Driver(store, TABLE, default_plan="credits")
+    await store.client.set(USER.credits_key, 5)
+    ok = await d.debit(USER, 2, T0)          # 4 µ$
+    assert (ok.verdict, ok.credit_micro) == (1, 4)
+    no = await d.debit(USER, 2, T0 + 1)      # 4 µ$ > 1 µ$ left
+    assert (no.verdict, no.code) == (0, "INSUFFICIENT_CREDITS")
+    assert int(await store.client.get(USER.credits_key)) == 1
+
+
+async def test_sub_micro_prices_round_up_per_request(store: Store) -> None:
+    d = Driver(store, TABLE, default_plan="credits", pico=400_000)  # $0.0000004 / token
+    await store.client.set(USER.credits_key, 1_000)
+    leg = await d.debit(USER, 3, T0)  # 1.2 µ$ -> 2 µ$
+    assert leg.credit_micro == 2
+    leg = await d.debit(USER, 2500, T0 + 1)  # exactly 1000 µ$ > 998 left
+    assert leg.code == "INSUFFICIENT_CREDITS"
+
+
+async def test_overage_with_hard_budget_cap(store: Store) -> None:
+    d = Driver(store, TABLE, default_plan="payg")
+    await store.client.hset(USER.config_key, mapping={"cap_micro": 100, "hard_cap": "1"})
+    ok = await d.debit(USER, 50, T0)   # 100 µ$ of overage: exactly at the cap
+    assert (ok.verdict, ok.overage_units, ok.overage_micro) == (1, 50, 100)
+    capped = await d.debit(USER, 1, T0 + 1)
+    assert (capped.verdict, capped.code) == (0, "BUDGET_HARD_CAP_HIT")
+    await store.client.hset(USER.config_key, "hard_cap", "0")  # soft cap: alerts only
+    assert (await d.debit(USER, 1, T0 + 2)).verdict == 1
+    assert await d.period_field(USER, "2026-11", "spend") == 102
+
+
+async def test_subscription_status_policy(store: Store) -> None:
+    d = Driver(store, TABLE, default_plan="")
+    ws = Account("workspace", "acme")
+    assert (await d.debit(ws, 1, T0)).verdict == 2  # no plan, no default: NO_PLAN
+    await set_plan(store, ws, "free", status="past_due", past_due_until=str(T0 + 1000))
+    assert (await d.debit(ws, 1, T0)).verdict == 1           # inside the grace
+    late = await d.debit(ws, 1, T0 + 1000)
+    assert late.verdict == 2  # lapsed, fallback policy, no default: not this account's
+    await set_plan(store, ws, "free", status="unpaid")
+    d_deny = Driver(store, TABLE, default_plan="")
+    leg = await d_deny.debit(ws, 1, T0)
+    assert leg.verdict == 2
+    await set_plan(store, USER, "free", status="canceled")
+    d2 = Driver(store, TABLE, default_plan="payg")
+    fallback = await d2.debit(USER, 1, T0)
+    assert (fallback.verdict, fallback.plan) == (1, "payg")
+
+
+async def test_inactive_subscription_denied_under_deny_policy(store: Store) -> None:
+    d = Driver(store, TABLE)
+    await set_plan(store, USER, "free", status="unpaid")
+    reply = await d.debit_script(keys=[
+        USER.config_key, USER.windows_key, USER.credits_key, USER.usage_stream,
+        USER.request_key("-"), USER.period_prefix,
+    ], args=[str(T0), 1, "fcu", d.pico, TABLE, "free", "", 20, "", "/api/", "k", "alice", 0,
+             1, "deny", "k:k:"])
+    assert reply[0] == 0 and reply[1] == b"SUBSCRIPTION_INACTIVE"
+
+
+async def test_repeated_request_id_charges_once(store: Store) -> None:
+    d = Driver(store, TABLE)
+    first = await d.debit(USER, 7, T0, rid="req-1")
+    again = await d.debit(USER, 7, T0 + 5, rid="req-1")
+    assert (first.verdict, again.verdict) == (1, 3)
+    assert again.quota_units == first.quota_units
+    assert await d.period_field(USER, "2026-11", "q:fcu") == 7
+    assert await d.stream_units(USER) == 7
+
+
+async def test_quota_counters_roll_over_at_the_utc_month_boundary(store: Store) -> None:
+    d = Driver(store, TABLE)
+    end_of_nov = ms(2026, 11, 30, 23, 59, 59) + 999
+    assert (await d.debit(USER, 100, end_of_nov)).period == "2026-11"
+    assert (await d.debit(USER, 100, end_of_nov)).code != ""     # exhausted (grace 10)
+    december = await d.debit(USER, 100, end_of_nov + 1)
+    assert (december.verdict, december.period, december.quota_remaining) == (1, "2026-12", 0)
+    assert (await d.debit(USER, 1, ms(2027, 1, 1))).period == "2027-01"
+    assert (await d.debit(USER, 1, ms(2028, 2, 29, 12))).period == "2028-02"
+
+
+async def test_subscription_period_keys_the_quota(store: Store) -> None:
+    d = Driver(store, TABLE)
+    start, end = ms(2026, 11, 10), ms(2026, 12, 10)
+    await set_plan(store, USER, "free", period_start=str(start), period_end=str(end))
+    leg = await d.debit(USER, 100, ms(2026, 12, 1))
+    assert leg.period == f"s{start}"
+    assert (await d.debit(USER, 50, ms(2026, 12, 9))).code == "QUOTA_EXHAUSTED"
+    after = await d.debit(USER, 50, end)  # the period ended: back to the calendar month
+    assert (after.verdict, after.period) == (1, "2026-12")
+
+
+async def test_shadow_plan_decides_but_writes_nothing(store: Store) -> None:
+    d = Driver(store, TABLE, default_plan="shadow")
+    would = await d.debit(USER, 11, T0)
+    assert (would.verdict, would.code) == (0, "QUOTA_EXHAUSTED")
+    fits = await d.debit(USER, 5, T0)
+    assert (fits.verdict, fits.code) == (0, "")
+    assert await store.client.exists(USER.usage_stream, USER.period_key("2026-11")) == 0
+
+
+async def test_refund_and_settlement_are_exact_and_once(store: Store) -> None:
+    d = Driver(store, TABLE, default_plan="payg")
+    await store.client.set(USER.credits_key, 1_000)
+    leg = await d.debit(USER, 100, T0, rid="r1")         # 100 units of credits = 200 µ$
+    assert (leg.credit_units, leg.credit_micro) == (100, 200)
+    delta = await d.settle(leg, 100, 40, "r1", T0 + 1, quota=0, overage=True)
+    assert delta[0] == -60
+    assert int(await store.client.get(USER.credits_key)) == 1_000 - 80
+    again = await d.settle(leg, 100, 0, "r1", T0 + 2, quota=0, overage=True, kind="refund")
+    assert again[0] == 0                                   # settled once only
+    leg2 = await d.debit(USER, 100, T0 + 3, rid="r2")
+    refund = await d.settle(leg2, 100, 0, "r2", T0 + 4, quota=0, overage=True, kind="refund")
+    assert refund[0] == -100
+    assert int(await store.client.get(USER.credits_key)) == 1_000 - 80
+    leg3 = await d.debit(USER, 10, T0 + 5, rid="r3")
+    up = await d.settle(leg3, 10, 1_000_000, "r3", T0 + 6, quota=0, overage=True)
+    assert up[0] == 999_990
+    assert await d.stream_units(USER) == 40 + 1_000_000
+    assert await d.period_field(USER, "2026-11", "u:fcu") == 40 + 1_000_000
+
+
+ops = st.lists(st.tuples(
+    st.sampled_from(["debit", "refund", "settle", "disconnect"]),
+    st.integers(1, 60), st.integers(0, 120)), min_size=1, max_size=60)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=ops, credits=st.integers(0, 300), plan=st.sampled_from(["free", "payg"]))
+def test_conservation_units_charged_equal_units_recorded(
+    store_url: str | None, script: list[tuple[str, int, int]], credits: int, plan: str
+) -> None:
+    """Units charged = units in the usage stream = units in the period counters, and
+    money taken from credits = micro-USD recorded, across admits, denials, refunds,
+    settlements and disconnects (a disconnect settles at what was reported, or the
+    reserve)."""
+
+    async def scenario() -> None:
+        store = open_store(store_url)
+        await store.client.flushdb()
+        d = Driver(store, TABLE, default_plan=plan)
+        await store.client.set(USER.credits_key, credits)
+        quota = {"free": 100, "payg": 0}[plan]
+        charged = 0
+        for i, (op, units, actual) in enumerate(script):
+            rid = f"r{i}"
+            leg = await d.debit(USER, units, T0 + i, rid=rid)
+            if leg.verdict != 1:
+                continue
+            charged += units
+            if op == "refund":
+                r = await d.settle(leg, units, 0, rid, T0 + i, quota, plan == "payg", "refund")
+                charged += int(r[0])
+            elif op == "settle":
+                r = await d.settle(leg, units, actual, rid, T0 + i, quota, plan == "payg")
+                charged += int(r[0])
+            # "disconnect" with nothing reported settles at the reserve: no call at all.
+        assert await d.stream_units(USER) == charged
+        assert await d.period_field(USER, "2026-11", "u:fcu") == charged
+        entries = await store.client.xrange(USER.usage_stream)
+        spent = sum(int(f[b"cm"]) for _, f in entries)
+        left = int(await store.client.get(USER.credits_key) or 0)
+        assert left == credits - spent and left >= 0
+        q = await d.period_field(USER, "2026-11", "q:fcu")
+        assert q == sum(int(f[b"q"]) for _, f in entries)
+        await store.close()
+
+    asyncio.run(scenario())

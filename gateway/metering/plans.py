@@ -1,15 +1,14 @@
 """Plans encoded for the debit script, once per rules load (never per request).
 
 For each meter, one text table: a line per plan,
-`\\n<plan> <quota|-1> <overage 0|1> <grace%> <enforce 0|1> <windows>` where windows is
-`limit:window_ms,…` (or `-`). The script finds its plan's line with a plain `find`.
+`\\n<plan> <quota|-1> <overage 0|1> <grace%> <enforce 0|1> <windows> <key windows>`, where
+windows are `limit:window_ms,…` (or `-`). The script finds its plan's line with a plain `find`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -23,9 +22,9 @@ BUCKETS = 20
 @dataclass(frozen=True, slots=True)
 class PlanTables:
     by_meter: Mapping[str, str]
-    key_windows: Mapping[str, str]   # plan -> windows with scope key, "limit:ms,…"
     quota: Mapping[tuple[str, str], int]  # (plan, meter) -> units, -1 when none
     overage: Mapping[str, bool]
+    windows_by_plan: str               # "\n<plan> <limit:ms,…|->\n…" for usage.lua
 
     @classmethod
     def build(cls, rules: Rules) -> PlanTables:
@@ -40,13 +39,16 @@ class PlanTables:
                     f"{w.limit}:{w.window_s * 1000}" for w in plan.throughput
                     if w.scope == "account" and w.meter in (None, meter)
                 ) or "-"
+                key_windows = ",".join(
+                    f"{w.limit}:{w.window_s * 1000}" for w in plan.throughput
+                    if w.scope == "key" and w.meter in (None, meter)
+                ) or "-"
                 lines.append(f"{name} {q} {int(plan.overage)} {plan.grace_pct} "
-                             f"{0 if plan.enforce is False else 1} {windows}")
+                             f"{0 if plan.enforce is False else 1} {windows} {key_windows}")
             by_meter[meter] = "\n" + "\n".join(lines) + "\n"
-        key_windows = {
-            name: ",".join(f"{w.limit}:{w.window_s * 1000}" for w in plan.throughput
-                           if w.scope == "key")
-            for name, plan in rules.plans.items()
-        }
         overage = {name: plan.overage for name, plan in rules.plans.items()}
-        return cls(by_meter, key_windows, quota, overage)
+        windows_by_plan = "\n" + "\n".join(
+            f"{name} " + (",".join(f"{w.limit}:{w.window_s * 1000}" for w in plan.throughput
+                                   if w.scope == "account") or "-")
+            for name, plan in rules.plans.items()) + "\n"
+        return cls(by_meter, quota, overage, windows_by_plan)

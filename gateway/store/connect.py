@@ -73,11 +73,13 @@ def open_store(url: str | None, *, deadline_s: float = DEFAULT_DEADLINE_S) -> St
     if not url:
         return _embedded(deadline_s)
     parts = urlsplit(url)
-    timeouts = {"socket_timeout": deadline_s * 4, "socket_connect_timeout": deadline_s * 4}
+    # The socket timeouts are a backstop; Store.call's deadline is the real limit.
+    socket_s = deadline_s * 4
+    client: Any
     if parts.scheme == "redis+cluster":
-        client: Any = RedisCluster.from_url(
-            url.replace("redis+cluster://", "redis://", 1), **timeouts
-        )
+        client = RedisCluster.from_url(
+            url.replace("redis+cluster://", "redis://", 1),
+            socket_timeout=socket_s, socket_connect_timeout=socket_s)
         return Store(client, f"Redis Cluster at {parts.netloc}", cluster=True,
                      deadline_s=deadline_s)
     if parts.scheme == "redis+sentinel":
@@ -89,12 +91,15 @@ def open_store(url: str | None, *, deadline_s: float = DEFAULT_DEADLINE_S) -> St
         if not path:
             raise ValueError("redis+sentinel:// URL needs a service name: …/service_name")
         db = int(path[1]) if len(path) > 1 else 0
-        sentinel = Sentinel(hosts, **timeouts)
-        client = sentinel.master_for(path[0], db=db, **timeouts)
+        sentinel = Sentinel(hosts, socket_timeout=socket_s,  # type: ignore[no-untyped-call]
+                            socket_connect_timeout=socket_s)
+        client = sentinel.master_for(path[0], db=db, socket_timeout=socket_s,
+                                     socket_connect_timeout=socket_s)
         return Store(client, f"Redis via Sentinel {parts.netloc}/{path[0]}",
                      deadline_s=deadline_s)
     if parts.scheme in ("redis", "rediss", "unix"):
-        client = aioredis.Redis.from_url(url, **timeouts)
+        client = aioredis.Redis.from_url(url, socket_timeout=socket_s,
+                                         socket_connect_timeout=socket_s)
         return Store(client, f"Redis at {parts.hostname}:{parts.port or 6379}",
                      deadline_s=deadline_s)
     raise ValueError(f"unsupported GATEWAY_REDIS_URL scheme {parts.scheme!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,7 +25,7 @@ USER = Account("user", "alice")
 
 
 def ms(y: int, m: int, d: int, hh: int = 0, mm: int = 0, ss: int = 0) -> int:
-    return calendar.timegm(datetime(y, m, d, hh, mm, ss, tzinfo=timezone.utc).timetuple()) * 1000
+    return calendar.timegm(datetime(y, m, d, hh, mm, ss, tzinfo=UTC).timetuple()) * 1000
 
 
 async def set_plan(store: Store, account: Account, plan: str, **fields: str) -> None:
@@ -155,9 +155,12 @@ async def test_shadow_plan_decides_but_writes_nothing(store: Store) -> None:
     d = Driver(store, TABLE, default_plan="shadow")
     would = await d.debit(USER, 11, T0)
     assert (would.verdict, would.code) == (0, "QUOTA_EXHAUSTED")
-    fits = await d.debit(USER, 5, T0)
-    assert (fits.verdict, fits.code) == (0, "")
-    assert await store.client.exists(USER.usage_stream, USER.period_key("2026-11")) == 0
+    fits = [await d.debit(USER, 4, T0 + i) for i in range(3)]
+    assert [(f.verdict, f.code) for f in fits] == [(0, ""), (0, ""), (0, "QUOTA_EXHAUSTED")]
+    # Only the shadow counters moved: no usage record, no real quota used.
+    assert await store.client.exists(USER.usage_stream) == 0
+    assert await d.period_field(USER, "2026-11", "q:fcu") == 0
+    assert await d.period_field(USER, "2026-11", "sq:fcu") == 8
 
 
 async def test_refund_and_settlement_are_exact_and_once(store: Store) -> None:

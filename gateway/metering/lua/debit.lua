@@ -10,7 +10,7 @@
 --       2 units            3 meter              4 pico-USD per unit
 --       5 plan table for this meter (see gateway/metering/plans.py)
 --       6 default plan name (used when the account has no plan of its own, "" = none)
---       7 key windows "limit:window_ms,…" ("" = none; checked with the account's)
+--       7 the key's own windows "limit:window_ms,…" ("" = none)
 --       8 buckets per window   9 request id ("" = not idempotent)
 --      10 route   11 key id   12 user   13 test (0/1)   14 enforce (0 = shadow)
 --      15 inactive policy: "deny" | "fallback"     16 key-window field prefix
@@ -25,23 +25,7 @@
 local acct_key, win_key, credits_key, stream_key, rid_key, period_prefix =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 
-local function fmt(x) return string.format('%d', x) end
-
--- Exact ceil(a / b) for non-negative integers held in doubles (a < 2^53).
-local function ceil_div(a, b)
-  local q = math.floor(a / b)
-  while q * b > a do q = q - 1 end
-  while q * b < a do q = q + 1 end
-  return q
-end
-
-local now
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = clock_ms(ARGV[1])
 
 local units = tonumber(ARGV[2])
 local meter = ARGV[3]
@@ -83,7 +67,7 @@ if not plan then
   plan = ARGV[6]
 end
 
--- "\n<plan> <quota> <overage 0|1> <grace %> <enforce 0|1> <windows>" for this meter;
+-- "\n<plan> <quota> <overage 0|1> <grace %> <enforce 0|1> <windows> <key windows>";
 -- quota -1 means the plan has no quota for this meter.
 local s, e = string.find(plan_table, '\n' .. plan .. ' ', 1, true)
 if not s then
@@ -99,28 +83,15 @@ local overage = fields[2] == '1'
 local grace_pct = tonumber(fields[3])
 if fields[4] == '0' then enforce = false end
 local plan_windows = fields[5] or '-'
+-- Per-key windows: the plan's (scope: key) and the key's own limit. They live in this
+-- account's window hash under the key's prefix.
+local key_windows = ARGV[7]
+if fields[6] and fields[6] ~= '-' then key_windows = key_windows .. ',' .. fields[6] end
 
--- The billing period: the subscription's while it runs, else the UTC calendar month.
-local period, period_end_ms
-local p_start, p_end = tonumber(acct[4] or ''), tonumber(acct[5] or '')
-if p_start and p_end and now >= p_start and now < p_end then
-  period = 's' .. fmt(p_start)
-  period_end_ms = p_end
-else
-  -- civil-from-days (H. Hinnant), integer arithmetic only
-  local z = math.floor(now / 86400000) + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-    - math.floor(doe / 146096)) / 365)
-  local y = yoe + era * 400
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local m = mp < 10 and mp + 3 or mp - 9
-  if m <= 2 then y = y + 1 end
-  period = string.format('%04d-%02d', y, m)
-  period_end_ms = 0
-end
+-- Shadow mode keeps counters of its own ("s"-prefixed windows and quota), so its
+-- would-be decisions evolve as enforcement would, while nothing real is charged.
+local sp = enforce and '' or 's'
+local period = period_at(now, tonumber(acct[4] or ''), tonumber(acct[5] or ''))
 local period_key = period_prefix .. period
 
 -- Throughput: sliding windows of `buckets` sub-buckets each (see docs/metering.md).
@@ -136,35 +107,14 @@ local writes = {}
 local function check(spec, prefix, scope)
   for limit_s, window_s in string.gmatch(spec, '(%d+):(%d+)') do
     local limit, window = tonumber(limit_s), tonumber(window_s)
-    local width = window / buckets
-    local cur = math.floor(now / width)
-    local names = {}
-    for i = 0, buckets do
-      names[#names + 1] = prefix .. window_s .. ':' .. fmt((cur - i) % (buckets + 1))
-    end
-    local vals = redis.call('HMGET', win_key, unpack(names))
-    local used, live = 0, {}
-    local cur_units = 0
-    for i = 1, #vals do
-      local v = vals[i]
-      if v then
-        local sep = string.find(v, ':', 1, true)
-        local b = tonumber(string.sub(v, 1, sep - 1))
-        local u = tonumber(string.sub(v, sep + 1))
-        if b >= cur - buckets and b <= cur then
-          used = used + u
-          live[#live + 1] = {b, u}
-          if b == cur then cur_units = u end
-        end
-      end
-    end
+    local st = window_state(win_key, prefix, window, buckets, now)
+    local used, live, cur, cur_units, width = st.used, st.live, st.cur, st.cur_units, st.width
     local remaining = limit - used
     if units > limit then never = true end
     local ok = units <= remaining
     if not ok then
       throughput_ok = false
       -- Soonest time enough old buckets have slid out for this request to fit.
-      table.sort(live, function(a, b) return a[1] < b[1] end)
       local freed = 0
       for _, bu in ipairs(live) do
         freed = freed + bu[2]
@@ -175,7 +125,7 @@ local function check(spec, prefix, scope)
         end
       end
     else
-      writes[#writes + 1] = {names[1], fmt(cur) .. ':' .. fmt(cur_units + units)}
+      writes[#writes + 1] = {st.field, fmt(cur) .. ':' .. fmt(cur_units + units)}
       remaining = remaining - units
     end
     -- The gauge reported in RateLimit headers: the tightest window.
@@ -183,20 +133,19 @@ local function check(spec, prefix, scope)
     if ratio < g_ratio then
       g_ratio = ratio
       g_limit, g_remaining, g_window, g_scope = limit, math.max(remaining, 0), window, scope
-      local oldest = live[1] and live[1][1] or cur
-      for _, bu in ipairs(live) do if bu[1] < oldest then oldest = bu[1] end end
-      g_reset = math.ceil((oldest + buckets + 1) * width) - now
+      g_reset = window_reset(st, buckets, now)
+      if g_reset == 0 and ok then g_reset = math.ceil((cur + buckets + 1) * width) - now end
     end
   end
 end
 
 if units > 0 then
-  check(plan_windows, 'a:', 'account')
-  if ARGV[7] ~= '' then check(ARGV[7], ARGV[16], 'key') end
+  check(plan_windows, sp .. 'a:', 'account')
+  if string.find(key_windows, ':', 1, true) then check(key_windows, sp .. ARGV[16], 'key') end
 end
 
 -- Money: plan quota -> prepaid credits -> overage (bounded by a hard cap) -> grace.
-local pf = redis.call('HMGET', period_key, 'q:' .. meter, 'g:' .. meter, 'spend')
+local pf = redis.call('HMGET', period_key, sp .. 'q:' .. meter, sp .. 'g:' .. meter, 'spend')
 local q_used, g_used, spend = tonumber(pf[1] or '0'), tonumber(pf[2] or '0'),
   tonumber(pf[3] or '0')
 local q_total = quota > 0 and quota or 0
@@ -244,20 +193,26 @@ local q_remaining = math.max(q_total - q_used - take_q, 0)
 local reply = {0, code, throughput_ok and 1 or 0, retry_ms, g_limit, g_remaining, g_reset,
   g_window, take_q, take_c, cm, take_o, om, take_g, q_remaining, period, now, plan,
   money_ok and 1 or 0, g_scope}
-if code ~= '' or not enforce then
-  -- A denial, or shadow mode: decide, write nothing.
-  return reply
+if code ~= '' then
+  return reply  -- a denial writes nothing
 end
-reply[1] = 1
 
 for _, w in ipairs(writes) do redis.call('HSET', win_key, w[1], w[2]) end
 if #writes > 0 then
   local longest = 0
-  for window_s in string.gmatch(plan_windows .. ',' .. ARGV[7], '%d+:(%d+)') do
+  for window_s in string.gmatch(plan_windows .. ',' .. key_windows, '%d+:(%d+)') do
     if tonumber(window_s) > longest then longest = tonumber(window_s) end
   end
   redis.call('PEXPIRE', win_key, longest * 2)
 end
+if not enforce then
+  -- Shadow admit: only the shadow counters move; verdict stays 0 with no code.
+  if take_q > 0 then redis.call('HINCRBY', period_key, 'sq:' .. meter, take_q) end
+  if take_g > 0 then redis.call('HINCRBY', period_key, 'sg:' .. meter, take_g) end
+  redis.call('PEXPIRE', period_key, 34214400000)
+  return reply
+end
+reply[1] = 1
 
 local route = ARGV[10]
 redis.call('HINCRBY', period_key, 'u:' .. meter, units)

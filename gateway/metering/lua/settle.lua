@@ -15,21 +15,7 @@
 --         overage micro, grace units}  (the debit's pools after settlement)
 
 local credits_key, stream_key, period_key, marker_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local function fmt(x) return string.format('%d', x) end
-local function ceil_div(a, b)
-  local q = math.floor(a / b)
-  while q * b > a do q = q - 1 end
-  while q * b < a do q = q + 1 end
-  return q
-end
-
-local now
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = clock_ms(ARGV[1])
 
 local meter, pico = ARGV[2], tonumber(ARGV[3])
 local units = tonumber(ARGV[4])

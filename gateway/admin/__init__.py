@@ -1,0 +1,1 @@
+"""The admin listener: metrics, health, and the operator API."""

@@ -1,0 +1,87 @@
+"""The admin listener (default 127.0.0.1:9090): metrics, health, operator API.
+
+`/metrics`, `/healthz` and `/readyz` are open (scrapers and probes); everything under
+`/admin/` needs `Authorization: Bearer $GATEWAY_ADMIN_TOKEN`.
+"""
+
+from __future__ import annotations
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.admin.accounts import account_routes
+from gateway.admin.auth import require_admin
+from gateway.admin.keys import key_routes
+from gateway.errors import GatewayError, problem_response
+from gateway.runtime import Runtime
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+async def metrics(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def healthz(request: Request) -> Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    store_ok = await runtime.store.ping()
+    checks = {"store": "ok" if store_ok else "unreachable",
+              "rules": "ok" if runtime.ready else "not loaded"}
+    ready = store_ok and runtime.ready
+    return _json({"status": "ready" if ready else "not ready", "checks": checks},
+                 200 if ready else 503)
+
+
+async def reload_rules(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    require_admin(request, runtime.settings.admin_token)
+    problems = runtime.reload()
+    if problems:
+        raise GatewayError("RULES_INVALID", "rules.yaml refused; the old rules stay",
+                           problems=problems)
+    return _json({"reloaded": True, "source": runtime.rules.source})
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return problem_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "BAD_REQUEST")
+    return problem_response(GatewayError(code, str(exc.detail), status=exc.status_code))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return problem_response(GatewayError("INTERNAL", "internal error; see the gateway log"))
+
+
+def build_admin_app(runtime: Runtime) -> Starlette:
+    routes = [
+        Route("/metrics", metrics),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/admin/reload", reload_rules, methods=["POST"]),
+        *key_routes(),
+        *account_routes(),
+    ]
+    app = Starlette(routes=routes, exception_handlers={
+        GatewayError: _gateway_error, HTTPException: _http_error, Exception: _internal_error,
+    })
+    app.state.runtime = runtime
+    app.state.registry = runtime.registry
+    app.state.admin_token = runtime.settings.admin_token
+    return app

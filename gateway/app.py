@@ -1,0 +1,264 @@
+"""The public listener: a plain ASGI app, so the hot path is only what it must be.
+
+Per request: normalise the path → route → identify the caller → weigh → (meter) →
+forward → record. Everything it consults was built at start-up (`Runtime.routing`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from gateway import accesslog
+from gateway.caller import Caller
+from gateway.errors import GatewayError, StoreUnavailable, problem_bytes
+from gateway.identity.credentials import api_key_from_headers
+from gateway.metering.charge import Charge
+from gateway.metering.verdict import Decision
+from gateway.proxy.forward import Outcome, Receive, Send, StreamAborted, UpstreamFailed, forward
+from gateway.proxy.headers import Forwarding, has_body, request_headers
+from gateway.proxy.paths import normalise_path
+from gateway.runtime import Routing, Runtime
+from gateway.selfservice.usage import usage_me
+
+log = logging.getLogger("gateway")
+
+Scope = dict[str, Any]
+
+_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+_PROBLEM_HEADERS = [(b"content-type", b"application/problem+json")]
+
+
+class GatewayApp:
+    """The metering reverse proxy."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.metrics = runtime.metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            # WebSocket upgrades are not proxied (yet); refuse politely.
+            await send({"type": "websocket.close", "code": 1003})
+            return
+        await self._handle(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        routing = self.runtime.routing  # one consistent view of the rules for this request
+        method: str = scope["method"]
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        request_id, client_request_id = _request_id(headers)
+        entry: dict[str, Any] = {"ts": time.time(), "id": request_id, "method": method,
+                                 "path": scope.get("path", "")}
+        route_name = "-"
+        outcome: Outcome | None = None
+        charge: Charge | None = None
+        code = "OK"
+        status = 0
+        try:
+            path = normalise_path(scope.get("raw_path") or scope["path"].encode())
+            entry["path"] = path
+            if path == "/usage/me":
+                route_name = path
+                status = await self._usage_me(routing, scope, headers, send)
+                return
+            route = routing.rules.route_for(path)
+            if route is None:
+                raise GatewayError("NO_ROUTE", f"no route for {path}")
+            route_name = route.name
+            caller, client_ip = await self._identify(routing, scope, headers)
+            entry.update(user=caller.user, workspace=caller.workspace, key=caller.key_id,
+                         client=client_ip)
+            weight = routing.rules.weigh(method, path)
+            charge = Charge(self.runtime.engine, self.metrics, routing.rules, routing.tables,
+                            caller, weight, route_name, request_id)
+            entry.update(meter=weight.meter.name, units=charge.units)
+            extra = [(b"x-request-id", request_id.encode())]
+            if charge.units > 0:
+                decision = await self._admit(charge, routing, client_request_id)
+                if not decision.admitted and decision.error is not None:
+                    raise decision.error
+                extra.extend(charge.response_headers())
+                entry["account"] = decision.account.scope if decision.account else None
+                if decision.shadow_code:
+                    entry["shadow"] = decision.shadow_code
+            target = routing.targets[route.upstream.name]
+            fwd = _forwarding(routing, scope, headers)
+            upstream_headers = request_headers(
+                headers, routing.header_policies[route.upstream.name], fwd,
+                caller.identity_headers())
+            upstream_headers.append((b"x-request-id", request_id.encode()))
+            t0 = time.perf_counter()
+            try:
+                outcome = await forward(
+                    self.runtime.transport, target, scope, receive, send,
+                    method=method, path=path, headers=upstream_headers,
+                    with_body=has_body(headers), extra_headers=extra,
+                    observer=charge.observer if charge else None,
+                )
+            except UpstreamFailed:
+                if charge is not None:
+                    await charge.close(None, upstream_failed=True)
+                    charge = None
+                raise
+            except StreamAborted:
+                if charge is not None:
+                    outcome = Outcome(upstream_broken=True)
+                    await charge.close(outcome, upstream_failed=False)
+                    charge = None
+                raise
+            if charge is not None:
+                await charge.close(outcome, upstream_failed=False)
+                charge = None
+            self.metrics.upstream_latency.labels(target.name).observe(time.perf_counter() - t0)
+            status = outcome.upstream_status
+            if outcome.client_disconnected:
+                code = "CLIENT_DISCONNECTED"
+                self.metrics.client_disconnects.labels(route_name).inc()
+        except UpstreamFailed as err:
+            self.metrics.upstream_errors.labels(route_name, err.code).inc()
+            code, status = err.code, err.status
+            await _send_problem(send, err, request_id)
+        except GatewayError as err:
+            code, status = err.code, err.status
+            await _send_problem(send, err, request_id)
+        except StreamAborted:
+            code, status = "UPSTREAM_ABORTED", outcome.upstream_status if outcome else 502
+            raise  # the ASGI server drops the connection: a truncated body stays truncated
+        except Exception:
+            log.exception("unhandled error for request %s", request_id)
+            code, status = "INTERNAL", 500
+            await _send_problem(send, GatewayError("INTERNAL", "internal error; see the "
+                                                   f"gateway log for request {request_id}"),
+                                request_id, best_effort=True)
+        finally:
+            elapsed = time.perf_counter() - started
+            verdict = "admit" if code in ("OK", "CLIENT_DISCONNECTED") else "reject"
+            self.metrics.requests.labels(route_name, verdict, code).inc()
+            self.metrics.request_latency.labels(route_name).observe(elapsed)
+            entry.update(route=route_name, status=status, code=code,
+                         ms=round(elapsed * 1000, 3),
+                         bytes_out=outcome.bytes_out if outcome else 0)
+            accesslog.record(entry)
+
+    async def _usage_me(self, routing: Routing, scope: Scope,
+                        headers: list[tuple[bytes, bytes]], send: Send) -> int:
+        caller, _ = await self._identify(routing, scope, headers)
+        if scope["method"] not in ("GET", "HEAD"):
+            raise GatewayError("METHOD_NOT_ALLOWED", "use GET /usage/me",
+                               headers={"Allow": "GET, HEAD"})
+        body = orjson.dumps(await usage_me(self.runtime, caller))
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return 200
+
+    async def _admit(self, charge: Charge, routing: Routing, idempotent: bool) -> Decision:
+        try:
+            return await charge.admit(idempotent)
+        except StoreUnavailable:
+            if routing.rules.store_failure == "open":
+                # Admit uncharged and count it (SPEC §8); the journal replay comes later.
+                self.metrics.fail_open.labels("open").inc()
+                return Decision(admitted=True, units=charge.units)
+            self.metrics.fail_open.labels("closed").inc()
+            raise
+
+    async def _identify(
+        self, routing: Routing, scope: Scope, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[Caller, str]:
+        peer = scope.get("client")
+        peer_ip = peer[0] if peer else None
+        client = routing.forwarded.client(peer_ip, headers)
+        secret = api_key_from_headers(headers, routing.key_headers)
+        if secret is None:
+            caller = _trusted_caller(routing, client.trusted_peer, headers)
+            if caller is None:
+                raise GatewayError("UNAUTHENTICATED", "send an API key in "
+                                   + " or ".join(routing.rules.identity.api_key_headers))
+            return caller, client.ip
+        key = await self.runtime.key_cache.resolve(secret)
+        if key is None:
+            raise GatewayError("UNAUTHENTICATED", "unknown API key")
+        if key.revoked:
+            raise GatewayError("KEY_REVOKED", f"API key {key.id} was revoked")
+        return Caller(user=key.user, workspace=key.workspace, key_id=key.id, role=key.role,
+                      test=key.test, key_limit=key.limit, key_window_s=key.window_s), client.ip
+
+
+def _trusted_caller(
+    routing: Routing, trusted: bool, headers: list[tuple[bytes, bytes]]
+) -> Caller | None:
+    """Identity asserted by a trusted proxy in the configured headers, if any."""
+    if not trusted or routing.user_header is None:
+        return None
+    user = workspace = None
+    for name, value in headers:
+        if name == routing.user_header:
+            user = value.decode("latin-1").strip()
+        elif name == routing.workspace_header:
+            workspace = value.decode("latin-1").strip() or None
+    return Caller(user=user, workspace=workspace, key_id=None) if user else None
+
+
+def _forwarding(routing: Routing, scope: Scope, headers: list[tuple[bytes, bytes]]) -> Forwarding:
+    peer = scope.get("client")
+    peer_ip = peer[0] if peer else "unknown"
+    trusted = routing.forwarded.is_trusted(peer_ip)
+    prior_for = proto = fhost = host = None
+    for name, value in headers:
+        if name == b"host":
+            host = value
+        elif trusted and name == b"x-forwarded-for":
+            prior_for = value if prior_for is None else prior_for + b", " + value
+        elif trusted and name == b"x-forwarded-proto":
+            proto = value.decode("latin-1").strip()
+        elif trusted and name == b"x-forwarded-host":
+            fhost = value
+    return Forwarding(client_ip=peer_ip, proto=proto or scope.get("scheme", "http"),
+                      host=fhost or host, prior_for=prior_for)
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> tuple[str, bool]:
+    """The client's X-Request-Id (then retries are idempotent), else a fresh one."""
+    for name, value in headers:
+        if name == b"x-request-id" and 0 < len(value) <= 128 and _ID_CHARS.issuperset(value):
+            return value.decode(), True
+    return uuid.uuid4().hex, False
+
+
+async def _send_problem(
+    send: Send, err: GatewayError, request_id: str, best_effort: bool = False
+) -> None:
+    body = problem_bytes(err)
+    headers = [*_PROBLEM_HEADERS, (b"content-length", str(len(body)).encode()),
+               (b"x-request-id", request_id.encode())]
+    headers.extend((k.lower().encode(), v.encode()) for k, v in err.headers.items())
+    try:
+        await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+    except Exception:
+        if not best_effort:
+            raise
+        # The response had already started; the server will close the connection.
+        log.debug("could not send problem response", exc_info=True)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # Resources are owned by the server (gateway.server), not by the ASGI lifespan.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

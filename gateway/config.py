@@ -1,0 +1,41 @@
+"""Process settings, resolved once from the environment and the command line.
+
+Everything about *traffic* lives in rules.yaml; these are the facts of one deployment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    rules_path: str = "rules.yaml"
+    host: str = "0.0.0.0"
+    port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9090
+    redis_url: str | None = None          # None: the embedded store
+    admin_token: str | None = None        # None: the admin API refuses everything
+    upstream_transport: str = "aiohttp"   # or "httpcore"
+    store_deadline_s: float = 0.25
+    key_cache_ttl_s: float = 2.0          # a revoked key stops working within this (≤ 5 s)
+    drain_timeout_s: float = 30.0
+    access_log: bool = True
+    max_upstream_connections: int = 1000
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env = os.environ
+        values: dict[str, object] = {
+            "redis_url": env.get("GATEWAY_REDIS_URL") or None,
+            "admin_token": env.get("GATEWAY_ADMIN_TOKEN") or None,
+            "upstream_transport": env.get("GATEWAY_UPSTREAM_TRANSPORT", "aiohttp"),
+            "store_deadline_s": float(env.get("GATEWAY_STORE_DEADLINE_MS", "250")) / 1000,
+            "key_cache_ttl_s": min(float(env.get("GATEWAY_KEY_CACHE_TTL_S", "2")), 5.0),
+            "drain_timeout_s": float(env.get("GATEWAY_DRAIN_TIMEOUT_S", "30")),
+            "access_log": env.get("GATEWAY_ACCESS_LOG", "1") not in ("0", "false", "no"),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

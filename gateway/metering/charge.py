@@ -1,0 +1,131 @@
+"""One request's charge from admission to settlement.
+
+admit() before anything is read from the client; close() after the response, whatever
+happened: upstream failure → refund; settle rule → the reported amount (or the reserve
+when nothing was reported, e.g. a client that left mid-stream); otherwise keep the debit.
+Every admitted reservation is closed exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.caller import Caller
+from gateway.metering.engine import MeteringEngine
+from gateway.metering.plans import PlanTables
+from gateway.metering.settlement import UsageObserver
+from gateway.metering.verdict import Decision, rate_limit_headers
+from gateway.metrics import Metrics
+from gateway.proxy.forward import Outcome
+
+if TYPE_CHECKING:
+    from gateway.rules import Rules
+    from gateway.rules.model import Weight
+
+log = logging.getLogger("gateway.metering")
+
+
+@dataclass(slots=True)
+class Charge:
+    engine: MeteringEngine
+    metrics: Metrics
+    rules: Rules
+    tables: PlanTables
+    caller: Caller
+    weight: Weight
+    route: str
+    request_id: str
+    decision: Decision | None = None
+    observer: UsageObserver | None = None
+
+    @property
+    def units(self) -> int:
+        w = self.weight
+        return w.reserve if w.reserve is not None else w.units
+
+    async def admit(self, idempotent: bool) -> Decision:
+        """Debit the reserve (or the fixed units). A refused decision carries the error."""
+        enforce = self.rules.enforce and self.weight.enforce is not False
+        meter = self.weight.meter.name
+        decision = await self.engine.admit(
+            self.rules, self.tables, self.caller, meter=meter, units=self.units,
+            route=self.route, request_id=self.request_id, idempotent=idempotent,
+            enforce=enforce)
+        self.decision = decision
+        leg = decision.leg
+        scope = leg.account.scope if leg else "none"
+        if decision.shadow_code:
+            self.metrics.shadow_rejects.labels(self.route, decision.shadow_code).inc()
+        if not decision.admitted and decision.error is not None:
+            self.metrics.decisions.labels(decision.error.code, _deny_scope(decision)).inc()
+        else:
+            self.metrics.decisions.labels("ADMIT", scope).inc()
+        if decision.charged and leg is not None:
+            for pool, n in (("quota", leg.quota_units), ("credits", leg.credit_units),
+                            ("overage", leg.overage_units), ("grace", leg.grace_units)):
+                if n:
+                    self.metrics.units.labels(meter, pool).inc(n)
+        settle = self.weight.settle
+        if decision.charged and (settle is not None or self.weight.model is not None):
+            self.observer = UsageObserver(
+                json_path=settle.json_path if settle else None,
+                header=settle.header.lower().encode() if settle and settle.header else None,
+                model_path=self.weight.model.json_path if self.weight.model else None)
+        return decision
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        d = self.decision
+        if d is None or d.leg is None:
+            return []
+        out = [(b"x-gateway-units", str(self.units).encode()),
+               (b"x-gateway-account", d.leg.account.scope.encode())]
+        if d.leg.grace_units:
+            out.append((b"x-gateway-warning", b"grace: plan quota exhausted, grace in use"))
+        out.extend(rate_limit_headers(d.leg))
+        return out
+
+    async def close(self, outcome: Outcome | None, upstream_failed: bool) -> None:
+        """Refund or settle. Never raises: the response is already decided."""
+        d = self.decision
+        if d is None or not d.charged or d.leg is None:
+            return
+        try:
+            actual, kind = self._actual(outcome, upstream_failed)
+            model = (self.observer.model or "") if self.observer else ""
+            if actual == self.units and not model:
+                return
+            meter = self.weight.meter.name
+            delta = await self.engine.settle(
+                self.rules, self.tables, d, self.caller, actual=actual, kind=kind,
+                route=self.route, request_id=self.request_id, model=model, meter=meter)
+            self.metrics.settlements.labels(kind, meter).inc()
+            if delta < 0:
+                self.metrics.refunded_units.labels(meter).inc(-delta)
+        except Exception:
+            # The debit stands (the reserve is charged): money is never lost, at worst
+            # a refund is. Logged with the request id for reconciliation.
+            log.exception("settlement failed for request %s", self.request_id)
+
+    def _actual(self, outcome: Outcome | None, upstream_failed: bool) -> tuple[int, str]:
+        if upstream_failed or outcome is None:
+            return 0, "refund"
+        status = outcome.upstream_status
+        reported = None
+        if self.observer is not None:
+            self.observer.finish()
+            reported = self.observer.actual
+        if outcome.upstream_broken:
+            return (reported, "settle") if reported is not None else (0, "refund")
+        if status >= 500 and self.weight.refund_5xx:
+            return 0, "refund"
+        if self.weight.settle is not None and reported is not None:
+            return reported, "settle"
+        return self.units, "settle"
+
+
+def _deny_scope(decision: Decision) -> str:
+    err = decision.error
+    scope = err.extra.get("scope") if err is not None else None
+    return str(scope) if scope else "none"

@@ -1,0 +1,130 @@
+"""Account state outside the hot path: manual subscriptions, credit grants, usage reads.
+
+Writes here are operator actions (CLI, admin API) and, later, Stripe webhooks. Reads go
+through usage.lua, so a gauge shown to a user is computed by the same code that admits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import GatewayError
+from gateway.metering.accounts import Account
+from gateway.metering.plans import BUCKETS, PlanTables
+from gateway.metering.scripts import Scripts
+from gateway.store import Store
+
+if TYPE_CHECKING:
+    from gateway.rules import Rules
+
+MAX_GRANT_MICRO = 10**13  # $10M in one grant: a typo guard, not a business rule
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    store: Store
+    scripts: Scripts
+
+    async def set_plan(self, rules: Rules, account: Account, plan: str,
+                       source: str = "manual") -> dict[str, Any]:
+        """Give an account a plan (comp / manual subscription), active now."""
+        if plan not in rules.plans:
+            raise GatewayError("INVALID_PLAN", f"no plan {plan!r} in the rules; known: "
+                               + ", ".join(sorted(rules.plans)))
+        await self.store.call(self.store.client.hset(account.config_key, mapping={
+            "plan": plan, "status": "active", "source": source}))
+        # A manual plan follows calendar months: drop a previous subscription's period.
+        await self.store.call(self.store.client.hdel(
+            account.config_key, "period_start", "period_end", "past_due_until"))
+        return {"scope": account.scope, "id": account.id, "plan": plan, "status": "active",
+                "source": source}
+
+    async def clear_plan(self, account: Account) -> None:
+        await self.store.call(self.store.client.hdel(
+            account.config_key, "plan", "status", "source", "period_start", "period_end",
+            "past_due_until"))
+
+    async def grant_credits(self, account: Account, micro_usd: int) -> int:
+        """Add prepaid credits (micro-USD); returns the new balance."""
+        if micro_usd <= 0 or micro_usd > MAX_GRANT_MICRO:
+            raise GatewayError("BAD_REQUEST", "a grant must be more than $0 and at most "
+                               "$10,000,000")
+        return int(await self.store.call(self.store.client.incrby(
+            account.credits_key, micro_usd)))
+
+    async def view(self, rules: Rules, tables: PlanTables, account: Account,
+                   now_ms: int | None = None) -> dict[str, Any]:
+        """Plan, period, quota per meter, credits, usage breakdown and window gauges."""
+        default = (rules.defaults.workspace_plan if account.scope == "workspace"
+                   else rules.defaults.user_plan) or ""
+        inactive = rules.billing.inactive if rules.billing else "fallback"
+        reply = await self.store.call(self.scripts.usage(
+            keys=[account.config_key, account.windows_key, account.credits_key,
+                  account.period_prefix],
+            args=["" if now_ms is None else str(now_ms), default, tables.windows_by_plan,
+                  BUCKETS, inactive]))
+        plan, status, period = _s(reply[0]), _s(reply[1]), _s(reply[2])
+        start_ms, end_ms, credits = int(reply[3]), int(reply[4]), int(reply[5])
+        flat = reply[6]
+        counters = {_s(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+        plan_def = rules.plans.get(plan)
+        quota = []
+        for meter in rules.meters:
+            total = plan_def.quota.get(meter) if plan_def else None
+            used = counters.get(f"q:{meter}", 0)
+            quota.append({
+                "meter": meter,
+                "total": total,
+                "used": used,
+                "remaining": max(total - used, 0) if total is not None else None,
+                "grace_used": counters.get(f"g:{meter}", 0),
+                "overage_units": counters.get(f"o:{meter}", 0),
+                "units": counters.get(f"u:{meter}", 0),
+            })
+        g = reply[7]
+        windows = [{
+            "limit": int(g[i]), "window_seconds": int(g[i + 1]) // 1000,
+            "used": int(g[i + 2]), "remaining": max(int(g[i]) - int(g[i + 2]), 0),
+            "reset_seconds": -(-int(g[i + 3]) // 1000),
+        } for i in range(0, len(g), 4)]
+        return {
+            "scope": account.scope,
+            "id": account.id,
+            "plan": plan or None,
+            "status": status if plan else None,
+            "period": {"id": period, "start": _iso(start_ms), "end": _iso(end_ms)},
+            "quota": quota,
+            "credits_micro_usd": credits,
+            "credits_usd": f"{credits / 1_000_000:.6f}",
+            "spend_micro_usd": counters.get("spend", 0),
+            "requests": counters.get("n", 0),
+            "units": {m: counters.get(f"u:{m}", 0) for m in rules.meters},
+            "breakdown_by_route": _breakdown(counters, "ru:", "rn:"),
+            "breakdown_by_model": _breakdown(counters, "mu:", "mn:"),
+            "windows": windows,
+        }
+
+
+def _breakdown(counters: dict[str, int], units_prefix: str, count_prefix: str
+               ) -> list[dict[str, Any]]:
+    """`ru:<name>:<meter>` / `rn:<name>` counters → [{name, requests, units: {meter: n}}]."""
+    rows: dict[str, dict[str, Any]] = {}
+    for field, value in counters.items():
+        if field.startswith(units_prefix):
+            name, _, meter = field[len(units_prefix):].rpartition(":")
+            row = rows.setdefault(name, {"name": name, "requests": 0, "units": {}})
+            row["units"][meter] = value
+        elif field.startswith(count_prefix):
+            name = field[len(count_prefix):]
+            rows.setdefault(name, {"name": name, "requests": 0, "units": {}})["requests"] = value
+    return sorted(rows.values(), key=lambda r: r["name"])

@@ -1,0 +1,87 @@
+-- lib.lua: shared by every metering script (prepended at load time by scripts.py, so
+-- each script is still one self-contained EVALSHA). One implementation of the clock,
+-- the billing period and the window reading.
+
+local function fmt(x) return string.format('%d', x) end
+
+-- Exact ceil(a / b) for non-negative integers held in doubles (a < 2^53).
+local function ceil_div(a, b)
+  local q = math.floor(a / b)
+  while q * b > a do q = q - 1 end
+  while q * b < a do q = q + 1 end
+  return q
+end
+
+-- Milliseconds: the injected clock when given (tests), else Redis TIME.
+local function clock_ms(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The billing period at `now`: the subscription's while it runs, else the UTC calendar
+-- month. Returns the period id (a key suffix), its start and its end in ms.
+local function period_at(now, p_start, p_end)
+  if p_start and p_end and now >= p_start and now < p_end then
+    return 's' .. fmt(p_start), p_start, p_end
+  end
+  -- civil-from-days and days-from-civil (H. Hinnant), integer arithmetic only
+  local z = math.floor(now / 86400000) + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  local function days(yy, mm)
+    if mm <= 2 then yy = yy - 1 end
+    local e = math.floor(yy / 400)
+    local yoe2 = yy - e * 400
+    local mp2 = mm > 2 and mm - 3 or mm + 9
+    local doy2 = math.floor((153 * mp2 + 2) / 5)
+    local doe2 = yoe2 * 365 + math.floor(yoe2 / 4) - math.floor(yoe2 / 100) + doy2
+    return e * 146097 + doe2 - 719468
+  end
+  local ny, nm = y, m + 1
+  if nm > 12 then ny, nm = y + 1, 1 end
+  return string.format('%04d-%02d', y, m), days(y, m) * 86400000, days(ny, nm) * 86400000
+end
+
+-- One sliding window's state: the buckets overlapping the trailing window.
+-- Field names: <prefix><window_ms>:<slot>, value "<bucket>:<units>", slot = bucket mod
+-- (buckets + 1), so a window costs buckets+1 fields however long the account lives.
+local function window_state(win_key, prefix, window, buckets, now)
+  local width = window / buckets
+  local cur = math.floor(now / width)
+  local names = {}
+  for i = 0, buckets do
+    names[#names + 1] = prefix .. fmt(window) .. ':' .. fmt((cur - i) % (buckets + 1))
+  end
+  local vals = redis.call('HMGET', win_key, unpack(names))
+  local used, live, cur_units = 0, {}, 0
+  for i = 1, #vals do
+    local v = vals[i]
+    if v then
+      local sep = string.find(v, ':', 1, true)
+      local b = tonumber(string.sub(v, 1, sep - 1))
+      local u = tonumber(string.sub(v, sep + 1))
+      if b >= cur - buckets and b <= cur then
+        used = used + u
+        live[#live + 1] = {b, u}
+        if b == cur then cur_units = u end
+      end
+    end
+  end
+  table.sort(live, function(a, b) return a[1] < b[1] end)
+  return {used = used, live = live, cur = cur, cur_units = cur_units, width = width,
+          field = names[1]}
+end
+
+-- When the oldest live bucket slides out (ms from now); 0 when nothing is counted.
+local function window_reset(st, buckets, now)
+  if #st.live == 0 then return 0 end
+  return math.ceil((st.live[1][1] + buckets + 1) * st.width) - now
+end

@@ -1,0 +1,65 @@
+"""Prometheus metrics (SPEC §8). Labels are bounded: route name, upstream, meter, scope,
+decision, code — never a tenant id.
+
+Each app owns its own registry, so tests can build many gateways in one process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                 0.5, 1.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests", "Requests by route, decision and code",
+            ["route", "decision", "code"], registry=r)
+        self.request_latency = Histogram(
+            "gateway_request_duration_seconds", "Time from request to end of response",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.upstream_latency = Histogram(
+            "gateway_upstream_duration_seconds", "Time to upstream response headers",
+            ["upstream"], buckets=LATENCY_BUCKETS, registry=r)
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors", "Upstream failures by kind",
+            ["upstream", "code"], registry=r)
+        self.store_latency = Histogram(
+            "gateway_store_duration_seconds", "Store call latency", ["op"],
+            buckets=STORE_BUCKETS, registry=r)
+        self.store_errors = Counter(
+            "gateway_store_errors", "Store calls that failed or missed their deadline",
+            ["op"], registry=r)
+        self.client_disconnects = Counter(
+            "gateway_client_disconnects", "Clients that left before the response ended",
+            ["route"], registry=r)
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight", "Requests being proxied now", registry=r)
+        self.rules_reloads = Counter(
+            "gateway_rules_reloads", "rules.yaml reload attempts", ["result"], registry=r)
+        self.decisions = Counter(
+            "gateway_decisions", "Metering decisions by code and paying scope",
+            ["code", "scope"], registry=r)
+        self.units = Counter(
+            "gateway_units_debited", "Units debited by meter and pool", ["meter", "pool"],
+            registry=r)
+        self.shadow_rejects = Counter(
+            "gateway_shadow_would_reject", "Requests shadow mode would have refused",
+            ["route", "code"], registry=r)
+        self.settlements = Counter(
+            "gateway_settlements", "Settlements after the response (refund or settle)",
+            ["kind", "meter"], registry=r)
+        self.refunded_units = Counter(
+            "gateway_refunded_units", "Units given back by refunds and settlements",
+            ["meter"], registry=r)
+        self.fail_open = Counter(
+            "gateway_store_failure_decisions", "Requests decided without the store",
+            ["policy"], registry=r)
+        self.key_cache = Counter(
+            "gateway_key_cache_lookups", "API key cache lookups", ["result"], registry=r)

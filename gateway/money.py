@@ -1,0 +1,34 @@
+"""Money at the edges: USD amounts from people become integer micro-USD, exactly."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+MICRO = 1_000_000
+
+
+def usd_to_micro(value: object) -> int:
+    """Parse a USD amount (string, int or JSON number) into micro-USD without floats.
+
+    Raises ValueError for anything that is not a finite, non-negative amount with at
+    most six decimal places.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
+        raise ValueError("an amount in USD must be a number")
+    try:
+        # str() of a JSON float is its shortest round-trip text: 12.34 stays 12.34.
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"not an amount: {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError("an amount must be finite and not negative")
+    micro = amount * MICRO
+    if micro != micro.to_integral_value():
+        raise ValueError("amounts have at most 6 decimal places (micro-USD)")
+    return int(micro)
+
+
+def micro_to_usd(micro: int) -> str:
+    sign = "-" if micro < 0 else ""
+    whole, frac = divmod(abs(micro), MICRO)
+    return f"{sign}{whole}.{frac:06d}"

@@ -1,0 +1,1 @@
+"""The reverse proxy: path normalisation, headers, upstream transport, forwarding."""

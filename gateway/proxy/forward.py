@@ -1,0 +1,222 @@
+"""Stream one request to the upstream and its response back, both ways unbuffered.
+
+The caller has already decided *whether* the request may run (identity, route, budget);
+this module only moves bytes and reports what happened in an `Outcome`, which the
+metering layer uses to refund or settle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from gateway.errors import GatewayError
+from gateway.proxy.headers import RawHeaders, response_headers
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+
+class Receive(Protocol):
+    async def __call__(self) -> Message: ...
+
+
+class Send(Protocol):
+    async def __call__(self, message: Message, /) -> None: ...
+
+
+class ResponseObserver(Protocol):
+    """Sees the upstream response as it streams (settlement reads usage from it)."""
+
+    def on_start(self, status: int, headers: RawHeaders) -> None: ...
+
+    def on_chunk(self, chunk: bytes) -> None: ...
+
+
+class UpstreamFailed(GatewayError):
+    """The upstream could not be reached or did not answer in time (nothing was sent)."""
+
+
+class StreamAborted(Exception):
+    """The upstream broke off mid-response; the client connection must be dropped so a
+    truncated body is never mistaken for a complete one (the ASGI server closes it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One upstream, resolved once at start-up."""
+
+    name: str
+    url: httpx.URL                    # scheme://host[:port][/base-path], no trailing slash
+    host_header: bytes
+    timeouts: dict[str, float | None]  # httpx timeout extension: connect/read/write/pool
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to a forwarded request, for metering, metrics and the access log."""
+
+    upstream_status: int = 0
+    client_disconnected: bool = False
+    upstream_broken: bool = False     # the upstream failed after the response started
+    complete: bool = False            # the whole response reached the client
+    bytes_out: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request body was being read."""
+
+
+class _ClientBody:
+    """The client's request body as an async byte stream, read as the upstream takes it."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.disconnected = False
+        self.done = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                self.done = True
+                return
+
+
+def _content_length(headers: RawHeaders) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def forward(
+    transport: httpx.AsyncBaseTransport,
+    target: Target,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    with_body: bool,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    observer: ResponseObserver | None = None,
+) -> Outcome:
+    """Forward the request; raises UpstreamFailed if nothing could be sent to the client."""
+    outcome = Outcome()
+    query = scope.get("query_string", b"")
+    # Raw bytes all the way: the backend gets exactly the weighed path and the client's
+    # query, not a re-quoted version of them.
+    raw = target.url.raw_path.rstrip(b"/") + path.encode("ascii")
+    url = target.url.copy_with(raw_path=raw + b"?" + query if query else raw)
+    body = _ClientBody(receive) if with_body else None
+    request = httpx.Request(
+        method, url, headers=headers, content=body,
+        extensions={"timeout": target.timeouts},
+    )
+    try:
+        response = await transport.handle_async_request(request)
+    except httpx.TimeoutException as exc:
+        if body is not None and body.disconnected:
+            outcome.client_disconnected = True
+            return outcome
+        raise UpstreamFailed("UPSTREAM_TIMEOUT", f"upstream {target.name} timed out") from exc
+    except (httpx.TransportError, ClientGone, OSError) as exc:
+        if body is not None and body.disconnected:
+            outcome.client_disconnected = True
+            return outcome
+        raise UpstreamFailed(
+            "UPSTREAM_UNAVAILABLE", f"upstream {target.name} unavailable: {type(exc).__name__}"
+        ) from exc
+    outcome.upstream_status = response.status_code
+    try:
+        await _relay(response, receive, send, outcome, extra_headers, observer)
+    finally:
+        await response.aclose()
+    return outcome
+
+
+async def _relay(
+    response: httpx.Response,
+    receive: Receive,
+    send: Send,
+    outcome: Outcome,
+    extra_headers: list[tuple[bytes, bytes]] | None,
+    observer: ResponseObserver | None,
+) -> None:
+    raw = response.headers.raw
+    out_headers = response_headers(raw)
+    if extra_headers:
+        out_headers.extend(extra_headers)
+    if observer is not None:
+        observer.on_start(response.status_code, raw)
+    await send({"type": "http.response.start", "status": response.status_code,
+                "headers": out_headers})
+    expected = _content_length(raw)
+    watcher: asyncio.Task[None] | None = None
+    gone = asyncio.Event()
+    stream = response.aiter_raw()
+    try:
+        while True:
+            if watcher is None and outcome.bytes_out and (
+                expected is None or outcome.bytes_out < expected
+            ):
+                # More body to wait for: from now on notice a client that leaves, or an
+                # endless event stream would be relayed into the void forever.
+                watcher = asyncio.create_task(_watch_disconnect(receive, gone, response))
+            try:
+                chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                break
+            except (httpx.TransportError, OSError) as exc:
+                if gone.is_set():
+                    outcome.client_disconnected = True
+                    return
+                outcome.upstream_broken = True
+                raise StreamAborted(str(exc)) from exc
+            if gone.is_set():
+                outcome.client_disconnected = True
+                return
+            if observer is not None:
+                observer.on_chunk(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            outcome.bytes_out += len(chunk)
+        if gone.is_set():
+            outcome.client_disconnected = True
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        outcome.complete = True
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+async def _watch_disconnect(
+    receive: Receive, gone: asyncio.Event, response: httpx.Response
+) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            # Unblocks the relay's pending read and frees the upstream connection.
+            await response.aclose()
+            return

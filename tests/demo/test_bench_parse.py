@@ -1,0 +1,139 @@
+"""bench/bench.py's wrk parser and report, fed real wrk 4.1 output captured on this machine.
+
+The samples in wrk_output/: direct runs (µs and ms latencies), a gateway run, a gateway
+answering 401 to every request (non-2xx), a server that resets every connection (read
+errors, zero requests), a slow server with timeouts, and one with latencies in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import pytest
+
+from bench.bench import (
+    DIRECT,
+    BenchError,
+    Report,
+    Run,
+    Sequential,
+    WrkResult,
+    default_cases,
+    parse_args,
+    parse_wrk,
+    print_report,
+    report_json,
+)
+
+SAMPLES = Path(__file__).parent / "wrk_output"
+
+
+def sample(name: str) -> str:
+    return (SAMPLES / name).read_text()
+
+
+@pytest.mark.parametrize(("name", "rps", "p50", "p99", "requests"), [
+    ("direct_c8.txt", 60160.69, 0.107, 0.636, 180749),
+    ("direct_c32_ms_p99.txt", 61344.85, 0.436, 4.18, 190237),
+    ("gateway_c8_ms.txt", 2288.96, 3.30, 6.20, 6868),
+    ("seconds.txt", 2.40, 1300.0, 1300.0, 12),  # "1.30s " with a trailing space
+])
+def test_clean_runs(name: str, rps: float, p50: float, p99: float, requests: int) -> None:
+    r = parse_wrk(sample(name))
+    assert r.requests_per_s == pytest.approx(rps)
+    assert r.p50_ms == pytest.approx(p50)
+    assert r.p99_ms == pytest.approx(p99)
+    assert r.requests == requests
+    assert r.errors == 0
+    assert r.socket_errors == {}
+
+
+def test_non_2xx_responses_are_errors() -> None:
+    r = parse_wrk(sample("gateway_401_non2xx.txt"))
+    assert r.non_2xx == 23508
+    assert r.requests == 23508
+    assert r.errors == 23508
+    assert r.requests_per_s == pytest.approx(11195.49)
+
+
+def test_socket_errors_are_counted() -> None:
+    r = parse_wrk(sample("read_errors_no_requests.txt"))
+    assert r.requests == 0
+    assert r.requests_per_s == 0.0
+    assert r.socket_errors == {"connect": 0, "read": 11202, "write": 0, "timeout": 0}
+    assert r.errors == 11202
+
+
+def test_timeouts_are_errors() -> None:
+    r = parse_wrk(sample("timeouts.txt"))
+    assert r.socket_errors["timeout"] == 6
+    assert r.errors == 6
+    assert r.p50_ms == pytest.approx(50.47)
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    "unable to connect to 127.0.0.1:1 Connection refused\n",
+    # wrk without --latency has no distribution: p50/p99 would be invented.
+    sample("direct_c8.txt").replace("Latency Distribution", "").replace("     50%", "     "),
+])
+def test_unusable_output_is_an_error(text: str) -> None:
+    with pytest.raises(BenchError):
+        parse_wrk(text)
+
+
+def _args(**overrides: object) -> argparse.Namespace:
+    args = parse_args([])
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args
+
+
+def test_defaults_and_cases() -> None:
+    args = parse_args(["--connections", "8,32", "--transports", "httpcore"])
+    assert args.connections == [8, 32]
+    assert args.duration == 10.0
+    assert args.redis_url is None
+    cases = default_cases(args.transports)
+    assert cases[0] == DIRECT
+    assert [c.name for c in cases] == ["direct", "gateway-httpcore"]
+    assert cases[1].env == {"GATEWAY_UPSTREAM_TRANSPORT": "httpcore"}
+    assert cases[1].headers == {"X-Api-Key": "{api_key}"}
+
+
+@pytest.mark.parametrize("argv", [["--transports", "curl"], ["--connections", "0"],
+                                  ["--connections", "eight"]])
+def test_bad_arguments(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+
+
+def test_report_ratios_table_and_json() -> None:
+    report = Report()
+    report.runs += [
+        Run("direct", 8, WrkResult(10000.0, 0.1, 0.5, 100000)),
+        Run("gateway-aiohttp", 8, WrkResult(2500.0, 3.0, 6.0, 25000)),
+        Run("gateway-httpcore", 8, WrkResult(500.0, 9.0, 30.0, 5000, non_2xx=3)),
+    ]
+    report.sequential += [Sequential("direct", [0.1, 0.1, 0.2]),
+                          Sequential("gateway-aiohttp", [0.6, 0.7, 0.8])]
+    assert report.ratio("gateway-aiohttp", 8) == pytest.approx(0.25)
+    assert report.ratio("gateway-aiohttp", 32) is None
+    assert report.added_ms("gateway-aiohttp") == pytest.approx(0.6)
+    assert [r.case for r in report.flagged()] == ["gateway-httpcore"]
+
+    out = io.StringIO()
+    print_report(report, default_cases(["aiohttp", "httpcore"]), out)
+    text = out.getvalue()
+    assert "gateway-aiohttp: gateway/direct throughput 0.25 at 8 conns" in text
+    assert "added median latency 0.600 ms (within the 1 ms target)" in text
+    assert "! gateway-httpcore at 8 conns had 3 errors" in text
+    assert "gateway-aiohttp vs gateway-httpcore throughput: 5.00x at 8 conns" in text
+
+    data = report_json(report, _args())
+    assert data["config"]["store"] == "embedded"
+    assert [r["ratio_vs_direct"] for r in data["runs"]] == pytest.approx([1.0, 0.25, 0.05])
+    assert data["runs"][2]["flagged"] is True
+    assert data["sequential"][1]["added_p50_ms"] == pytest.approx(0.6)

@@ -1,0 +1,290 @@
+"""The proxy over real HTTP: what the upstream receives and what the client gets back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+import pytest
+
+from tests.gateway_harness import BASE_RULES, RunningGateway, client, running_gateway
+from tests.upstream import GZIP_BODY, RecordingUpstream
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[RecordingUpstream]:
+    up = RecordingUpstream()
+    await up.start()
+    yield up
+    await up.stop()
+
+
+@pytest.fixture(params=["aiohttp", "httpcore"])
+async def gw(request: pytest.FixtureRequest, upstream: RecordingUpstream
+             ) -> AsyncIterator[RunningGateway]:
+    rules = BASE_RULES.format(upstream=upstream.url, timeout="1s")
+    async with running_gateway(rules, upstream_transport=request.param) as g:
+        yield g
+
+
+async def raw_request(port: int, data: bytes) -> bytes:
+    """Send exact bytes, return the whole response (the server closes after it)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(1 << 20), 5)
+    writer.close()
+    return response
+
+
+async def test_get_without_body_is_sent_without_body_or_invented_headers(
+    gw: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    key = await gw.new_key()
+    port = gw.gateway.port()
+    resp = await raw_request(port, (
+        f"GET /api/echo?a=1&b=%20x HTTP/1.1\r\nHost: front.example\r\nX-Api-Key: {key}\r\n"
+        "Connection: close\r\n\r\n").encode())
+    assert resp.startswith(b"HTTP/1.1 200")
+    got = upstream.requests[-1]
+    assert got.method == "GET"
+    assert got.target == "/api/echo?a=1&b=%20x"
+    names = got.header_names()
+    assert "transfer-encoding" not in names
+    assert "content-length" not in names
+    for invented in ("accept-encoding", "accept", "user-agent", "content-type"):
+        assert invented not in names, f"proxy invented {invented}"
+    assert got.header("host") == f"127.0.0.1:{upstream.port}"
+    assert got.header("x-forwarded-for") == "127.0.0.1"
+    assert got.header("x-forwarded-proto") == "http"
+    assert got.header("x-forwarded-host") == "front.example"
+    assert got.header("via") == "1.1 gateway"
+    assert got.header("x-api-key") is None, "the gateway key must not reach the backend"
+    assert got.header("x-gateway-user") == "u1"
+
+
+async def test_content_length_kept_and_body_intact(
+    gw: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    key = await gw.new_key()
+    body = b"z" * 100_000
+    async with client(gw.url) as c:
+        r = await c.post("/api/upload", content=body, headers={"X-Api-Key": key})
+    assert r.status_code == 200
+    assert r.json()["bytes"] == len(body)
+    got = upstream.requests[-1]
+    assert got.header("content-length") == str(len(body))
+    assert got.header("transfer-encoding") is None
+
+
+async def test_chunked_client_body_is_streamed_through(
+    gw: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    key = await gw.new_key()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(50):
+            yield bytes([65 + i % 26]) * 1000
+
+    async with client(gw.url) as c:
+        r = await c.post("/api/upload", content=chunks(), headers={"X-Api-Key": key})
+    assert r.status_code == 200
+    assert r.json()["bytes"] == 50_000
+    assert upstream.requests[-1].header("transfer-encoding") == "chunked"
+
+
+async def test_hop_by_hop_request_headers_removed(
+    gw: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    key = await gw.new_key()
+    async with client(gw.url) as c:
+        r = await c.get("/api/echo", headers={
+            "X-Api-Key": key, "Connection": "keep-alive, X-Private", "X-Private": "secret",
+            "Keep-Alive": "timeout=5", "TE": "trailers", "Proxy-Authorization": "Basic eA==",
+            "Upgrade": "h2c", "X-End-To-End": "yes", "X-Gateway-User": "spoofed",
+            "Authorization": "Basic dXNlcjpwdw==",
+        })
+    assert r.status_code == 200
+    got = upstream.requests[-1]
+    for hop in ("connection", "x-private", "keep-alive", "te", "proxy-authorization",
+                "upgrade"):
+        assert got.header(hop) is None, hop
+    assert got.header("x-end-to-end") == "yes"
+    assert got.header("x-gateway-user") == "u1", "client-sent identity must be replaced"
+    assert got.header("authorization") == "Basic dXNlcjpwdw==", "backend credentials pass"
+
+
+async def test_bearer_gateway_key_is_accepted_and_not_forwarded(
+    gw: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    key = await gw.new_key(user="bob")
+    async with client(gw.url) as c:
+        r = await c.get("/api/echo", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200
+    got = upstream.requests[-1]
+    assert got.header("authorization") is None
+    assert got.header("x-gateway-user") == "bob"
+
+
+async def test_response_hop_by_hop_removed_and_via_appended(gw: RunningGateway) -> None:
+    key = await gw.new_key()
+    async with client(gw.url) as c:
+        r = await c.get("/api/hop", headers={"X-Api-Key": key})
+    assert r.status_code == 200
+    assert "x-secret-hop" not in r.headers
+    assert "keep-alive" not in r.headers
+    assert "proxy-authenticate" not in r.headers
+    assert r.headers["x-end-to-end"] == "kept"
+    assert r.headers["via"] == "1.0 backend, 1.1 gateway"
+
+
+async def test_encoded_response_passes_through_untouched(gw: RunningGateway) -> None:
+    key = await gw.new_key()
+    async with client(gw.url) as c, c.stream(
+        "GET", "/api/gzip", headers={"X-Api-Key": key, "Accept-Encoding": "gzip"}
+    ) as r:
+        raw = b"".join([chunk async for chunk in r.aiter_raw()])
+    assert r.headers["content-encoding"] == "gzip"
+    assert raw == GZIP_BODY
+
+
+async def test_forwarding_headers_from_untrusted_peer_are_not_believed(
+    gw: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    key = await gw.new_key()
+    async with client(gw.url) as c:
+        await c.get("/api/echo", headers={
+            "X-Api-Key": key, "X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "evil.example"})
+    got = upstream.requests[-1]
+    assert got.header("x-forwarded-for") == "127.0.0.1"
+    assert got.header("x-forwarded-proto") == "http"
+    assert got.header("x-forwarded-host") == f"127.0.0.1:{gw.gateway.port()}"
+
+
+async def test_forwarding_headers_from_trusted_peer_are_extended(
+    upstream: RecordingUpstream,
+) -> None:
+    rules = BASE_RULES.format(upstream=upstream.url, timeout="1s").replace(
+        "10.9.9.0/24", "127.0.0.1/32")
+    async with running_gateway(rules) as gw:
+        key = await gw.new_key()
+        async with client(gw.url) as c:
+            await c.get("/api/echo", headers={
+                "X-Api-Key": key, "X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "api.example"})
+    got = upstream.requests[-1]
+    assert got.header("x-forwarded-for") == "6.6.6.6, 127.0.0.1"
+    assert got.header("x-forwarded-proto") == "https"
+    assert got.header("x-forwarded-host") == "api.example"
+
+
+async def test_upstream_receives_the_normalised_path(
+    gw: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    key = await gw.new_key()
+    resp = await raw_request(gw.gateway.port(), (
+        f"GET /api//x/./y/../%65cho%7e?q=%2F HTTP/1.1\r\nHost: h\r\nX-Api-Key: {key}\r\n"
+        "Connection: close\r\n\r\n").encode())
+    assert resp.startswith(b"HTTP/1.1 200")
+    assert upstream.requests[-1].target == "/api/x/echo~?q=%2F"
+
+
+@pytest.mark.parametrize("path", ["/api/a%2Fb", "/api/a%5cb", "/api/a%00", "/api/a\\b"])
+async def test_ambiguous_paths_are_400_bad_path(
+    gw: RunningGateway, upstream: RecordingUpstream, path: str
+) -> None:
+    key = await gw.new_key()
+    before = len(upstream.requests)
+    resp = await raw_request(gw.gateway.port(), (
+        f"GET {path} HTTP/1.1\r\nHost: h\r\nX-Api-Key: {key}\r\nConnection: close\r\n\r\n"
+    ).encode())
+    head, _, body = resp.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"application/problem+json" in head
+    assert orjson.loads(body)["code"] == "BAD_PATH"
+    assert len(upstream.requests) == before
+
+
+async def test_no_route_is_404(upstream: RecordingUpstream) -> None:
+    rules = BASE_RULES.format(upstream=upstream.url, timeout="1s").replace(
+        "  - {prefix: /, upstream: main, name: root}\n", "")
+    async with running_gateway(rules) as gw:
+        key = await gw.new_key()
+        async with client(gw.url) as c:
+            r = await c.get("/elsewhere", headers={"X-Api-Key": key})
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "NO_ROUTE"
+
+
+async def test_unknown_missing_and_revoked_keys(gw: RunningGateway) -> None:
+    async with client(gw.url) as c:
+        missing = await c.get("/api/echo")
+        unknown = await c.get("/api/echo", headers={"X-Api-Key": "gw_live_nope"})
+        key, secret = await gw.runtime.registry.create(user="carol")
+        ok = await c.get("/api/echo", headers={"X-Api-Key": secret})
+        await gw.runtime.registry.revoke(key.id)
+        deadline = asyncio.get_running_loop().time() + 5
+        revoked = await c.get("/api/echo", headers={"X-Api-Key": secret})
+        while revoked.status_code == 200 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+            revoked = await c.get("/api/echo", headers={"X-Api-Key": secret})
+    assert (missing.status_code, missing.json()["code"]) == (401, "UNAUTHENTICATED")
+    assert (unknown.status_code, unknown.json()["code"]) == (401, "UNAUTHENTICATED")
+    assert ok.status_code == 200
+    assert (revoked.status_code, revoked.json()["code"]) == (401, "KEY_REVOKED")
+
+
+async def test_connect_error_is_502() -> None:
+    from tests.redis_servers import free_port
+
+    rules = BASE_RULES.format(upstream=f"http://127.0.0.1:{free_port()}", timeout="1s")
+    async with running_gateway(rules) as gw:
+        key = await gw.new_key()
+        async with client(gw.url) as c:
+            r = await c.get("/api/echo", headers={"X-Api-Key": key})
+    assert r.status_code == 502
+    assert r.json()["code"] == "UPSTREAM_UNAVAILABLE"
+
+
+async def test_timeout_is_504_and_close_is_502(gw: RunningGateway) -> None:
+    key = await gw.new_key()
+    async with client(gw.url) as c:
+        hang = await c.get("/api/hang", headers={"X-Api-Key": key})
+        closed = await c.get("/api/close", headers={"X-Api-Key": key})
+    assert (hang.status_code, hang.json()["code"]) == (504, "UPSTREAM_TIMEOUT")
+    assert (closed.status_code, closed.json()["code"]) == (502, "UPSTREAM_UNAVAILABLE")
+
+
+async def test_truncated_upstream_body_is_not_passed_off_as_complete(gw: RunningGateway) -> None:
+    key = await gw.new_key()
+    async with client(gw.url) as c:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await c.get("/api/half", headers={"X-Api-Key": key})
+
+
+async def test_server_sent_events_arrive_as_they_are_produced(gw: RunningGateway) -> None:
+    key = await gw.new_key()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    arrivals: list[float] = []
+    async with client(gw.url) as c, c.stream(
+        "GET", "/api/sse?n=5&ms=200", headers={"X-Api-Key": key}
+    ) as r:
+        async for chunk in r.aiter_raw():
+            arrivals.extend(loop.time() - start for _ in range(chunk.count(b"data:")))
+    assert len(arrivals) == 5
+    assert arrivals[0] < 0.5, "first event was held back"
+    assert arrivals[-1] >= 0.75
+
+
+async def test_head_request_passes(gw: RunningGateway) -> None:
+    key = await gw.new_key()
+    async with client(gw.url) as c:
+        r = await c.head("/api/big?mb=1", headers={"X-Api-Key": key})
+    assert r.status_code == 200
+    assert r.headers["content-length"] == str(1 << 20)
+    assert r.content == b""

@@ -18,6 +18,7 @@ import uvicorn
 
 from gateway.config import Settings
 from gateway.demo.upstream import build_demo_upstream
+from gateway.metering.accounts import Account
 from gateway.rules import Rules
 from gateway.server import Gateway, serve
 
@@ -70,6 +71,9 @@ async def _demo(path: str, rules: Rules, port: int, admin_port: int, upstream_po
 async def _introduce(gateway: Gateway, admin_token: str, upstream_url: str) -> None:
     runtime = gateway.runtime
     _, secret = await runtime.registry.create(user="demo-user")
+    _, trial_secret = await runtime.registry.create(user="demo-trial")
+    if "trial" in runtime.rules.plans:
+        await runtime.ledger.set_plan(runtime.rules, Account("user", "demo-trial"), "trial")
     base = f"http://127.0.0.1:{gateway.port('public')}"
     admin = f"http://127.0.0.1:{gateway.port('admin')}"
     h = f'-H "X-Api-Key: {secret}"'
@@ -77,8 +81,9 @@ async def _introduce(gateway: Gateway, admin_token: str, upstream_url: str) -> N
   Metering gateway demo — {runtime.store.description}
   rules: {runtime.rules.source}   demo upstream: {upstream_url}
 
-  Demo API key (user demo-user):  {secret}
-  Admin token:                    {admin_token}
+  Demo API key (user demo-user, plan free):  {secret}
+  Trial key (user demo-trial, plan trial):   {trial_secret}
+  Admin token:                               {admin_token}
 
   200 — an admitted request (see the X-Gateway-* and RateLimit headers):
     curl -i {h} -X POST {base}/api/v1/ops/add
@@ -89,7 +94,11 @@ async def _introduce(gateway: Gateway, admin_token: str, upstream_url: str) -> N
   429 — throughput: the free plan admits a few expensive ops per minute:
     for i in 1 2 3 4 5; do curl -s -o /dev/null -w "%{{http_code}}\\n" {h} -X POST {base}/api/v1/ops/bootstrap; done
 
-  402 — money: exhaust the monthly quota (see `gateway explain` and rules.yaml):
+  402 — money: the second key (user demo-trial, plan trial: 100 fcu) pays for two
+  bootstraps, then gets 402 QUOTA_EXHAUSTED:
+    for i in 1 2 3; do curl -s -w " %{{http_code}}\n" -H "X-Api-Key: {trial_secret}" -X POST {base}/api/v1/ops/bootstrap; done
+
+  Your plan, quota, credits, usage and window gauges:
     curl -s {h} {base}/usage/me
 
   Chat completion, streamed, settled from the final usage chunk:

@@ -96,7 +96,7 @@ async def _introduce(gateway: Gateway, admin_token: str, upstream_url: str) -> N
 
   402 — money: the second key (user demo-trial, plan trial: 100 fcu) pays for two
   bootstraps, then gets 402 QUOTA_EXHAUSTED:
-    for i in 1 2 3; do curl -s -w " %{{http_code}}\n" -H "X-Api-Key: {trial_secret}" -X POST {base}/api/v1/ops/bootstrap; done
+    for i in 1 2 3; do curl -s -w " %{{http_code}}\\n" -H "X-Api-Key: {trial_secret}" -X POST {base}/api/v1/ops/bootstrap; done
 
   Your plan, quota, credits, usage and window gauges:
     curl -s {h} {base}/usage/me

@@ -245,6 +245,22 @@ async def test_shadow_rule_proxies_counts_and_charges_nothing(gw: RunningGateway
         in metrics
 
 
+async def test_a_keys_own_limit_refuses_with_scope_key(gw: RunningGateway) -> None:
+    _, secret = await gw.runtime.registry.create(user="quinn", limit=20, window_s=60)
+    async with client(gw.url) as c:
+        codes = [(await c.post("/api/heavy", headers={"X-Api-Key": secret})).status_code
+                 for _ in range(3)]
+        r = await c.post("/api/heavy", headers={"X-Api-Key": secret})
+        other = await gw.new_key(user="quinn")  # the same user's other key is not limited
+        ok = await c.post("/api/heavy", headers={"X-Api-Key": other})
+    assert codes == [200, 200, 429]
+    body = r.json()
+    assert (body["code"], body["scope"], body["limit"]) == ("RATE_LIMITED", "key", 20)
+    assert r.headers["ratelimit-policy"] == '"key";q=20;w=60'
+    assert ok.status_code == 200
+    assert await units_of(gw, "user", "quinn", "fcu") == 30
+
+
 async def test_free_requests_are_not_metered(gw: RunningGateway) -> None:
     key = await gw.new_key(user="ned")
     async with client(gw.url) as c:

@@ -128,8 +128,8 @@ local function check(spec, prefix, scope)
       writes[#writes + 1] = {st.field, fmt(cur) .. ':' .. fmt(cur_units + units)}
       remaining = remaining - units
     end
-    -- The gauge reported in RateLimit headers: the tightest window.
-    local ratio = remaining / limit
+    -- The gauge reported in RateLimit headers: a refusing window, else the tightest.
+    local ratio = ok and remaining / limit or -1
     if ratio < g_ratio then
       g_ratio = ratio
       g_limit, g_remaining, g_window, g_scope = limit, math.max(remaining, 0), window, scope

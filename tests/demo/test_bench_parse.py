@@ -137,3 +137,13 @@ def test_report_ratios_table_and_json() -> None:
     assert [r["ratio_vs_direct"] for r in data["runs"]] == pytest.approx([1.0, 0.25, 0.05])
     assert data["runs"][2]["flagged"] is True
     assert data["sequential"][1]["added_p50_ms"] == pytest.approx(0.6)
+
+
+def test_partial_report_prints_only_what_ran() -> None:
+    report = Report()
+    report.runs.append(Run("direct", 8, WrkResult(10000.0, 0.1, 0.5, 100000)))
+    out = io.StringIO()
+    print_report(report, default_cases(["aiohttp", "httpcore"]), out)
+    text = out.getvalue()
+    assert "direct" in text
+    assert "gateway-" not in text  # no empty ratio lines for cases that never ran

@@ -1,0 +1,555 @@
+"""The gateway's own benchmark: throughput and added latency, as ratios in one run.
+
+    python bench/bench.py [--duration 10] [--connections 8,32]
+                          [--transports aiohttp,httpcore] [--json out.json]
+                          [--redis-url redis://…] [--no-access-log]
+
+It starts a trivial, very fast upstream (`bench/fast_upstream.py`), then for each case
+(direct to the upstream; through the gateway with each upstream transport) runs `wrk`
+at each connection count, plus a sequential keep-alive client for the added latency.
+Every number is compared with the direct case measured on the same machine in the same
+run, because absolute req/s on a shared 2-core box mean little; ratios travel.
+See bench/README.md for how to read the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import re
+import secrets
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+BENCH_PATH = "/api/v1/bench"  # a free read (weight 0): benchmarking never exhausts a budget
+TRANSPORTS = ("aiohttp", "httpcore")
+READY_TIMEOUT_S = 20.0
+SEQUENTIAL_WARMUP = 200  # requests before the sequential samples: pools, caches, JIT-less paths
+ADDED_LATENCY_TARGET_MS = 1.0  # SPEC §9: median added latency for sequential requests
+
+RULES_TEMPLATE = """\
+version: 1
+upstreams:
+  bench: {{url: "http://127.0.0.1:{port}", timeout: 30s}}
+routes:
+  - {{prefix: /api/v1/, upstream: bench}}
+identity:
+  api_key_headers: [X-Api-Key, Authorization]
+  trusted_proxies: [127.0.0.1/32]
+meters:
+  fcu: {{usd_per_unit: 0.000002}}
+weights:
+  default: {{meter: fcu, units: 1}}
+  rules:
+    - {{method: GET, path: /api/v1/**, units: 0}}
+plans:
+  bench: {{throughput: [{{limit: 1000000000, window: 60s}}], quota: {{fcu: 1000000000000}}}}
+defaults: {{user_plan: bench}}
+enforce: true
+store_failure: closed
+"""
+
+
+class BenchError(Exception):
+    """The benchmark could not run (a process failed to start, wrk printed nonsense…)."""
+
+
+# wrk prints times with the unit that keeps the number small (see wrk's units.c).
+_TIME_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+_TIME = r"([\d.]+)(us|ms|s|m|h)"
+_RPS_RE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
+_PCT_RE = re.compile(r"^\s+(50|75|90|99)%\s+" + _TIME + r"\s*$", re.M)
+_REQUESTS_RE = re.compile(r"^\s+(\d+) requests in ", re.M)
+_SOCKET_RE = re.compile(
+    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_NON2XX_RE = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """What one wrk run measured; latencies in milliseconds."""
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int = 0  # wrk counts statuses >= 400 here, despite the label
+    socket_errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        return self.non_2xx + sum(self.socket_errors.values())
+
+
+def parse_wrk(text: str) -> WrkResult:
+    """Parse `wrk --latency` output. Raises BenchError if it is not a finished run."""
+    rps = _RPS_RE.search(text)
+    requests = _REQUESTS_RE.search(text)
+    percentiles = {m.group(1): float(m.group(2)) * _TIME_UNITS_MS[m.group(3)]
+                   for m in _PCT_RE.finditer(text)}
+    if rps is None or requests is None or not {"50", "99"} <= percentiles.keys():
+        first = text.strip().splitlines()[:1]
+        raise BenchError(f"not wrk --latency output: {first[0] if first else '(empty)'}")
+    socket_errors: dict[str, int] = {}
+    if sock := _SOCKET_RE.search(text):
+        socket_errors = dict(zip(("connect", "read", "write", "timeout"),
+                                 map(int, sock.groups()), strict=True))
+    non_2xx = _NON2XX_RE.search(text)
+    return WrkResult(
+        requests_per_s=float(rps.group(1)), p50_ms=percentiles["50"],
+        p99_ms=percentiles["99"], requests=int(requests.group(1)),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0, socket_errors=socket_errors)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One thing to measure.
+
+    `url` and header values are templates: `{upstream}` and `{gateway}` are the base
+    URLs, `{api_key}` the key created for this gateway process (each gateway gets its own,
+    since the embedded store lives inside it). `env` is None for "no gateway at all",
+    otherwise the extra environment of the gateway process started for this case.
+    """
+
+    name: str
+    url: str
+    headers: Mapping[str, str]
+    env: Mapping[str, str] | None
+
+    @property
+    def needs_gateway(self) -> bool:
+        return self.env is not None
+
+
+DIRECT = Case("direct", "{upstream}" + BENCH_PATH, {}, None)
+
+
+def default_cases(transports: Sequence[str]) -> list[Case]:
+    """Direct first (the baseline every ratio divides by), then one gateway per transport."""
+    metered = {"X-Api-Key": "{api_key}"}
+    cases = [DIRECT]
+    for t in transports:
+        cases.append(Case(f"gateway-{t}", "{gateway}" + BENCH_PATH, metered,
+                          {"GATEWAY_UPSTREAM_TRANSPORT": t}))
+    # Next stage (metering off vs on, SPEC §9: on ≥ 90% of off) is one more line here,
+    # e.g. Case("gateway-aiohttp-unmetered", "{gateway}" + BENCH_PATH, {},
+    #           {"GATEWAY_UPSTREAM_TRANSPORT": "aiohttp", "GATEWAY_METERING": "off"}),
+    # and a ratio line in `print_report` that divides by that case instead of direct.
+    return cases
+
+
+class Processes:
+    """Every subprocess the benchmark starts, each in its own process group.
+
+    Own groups mean a Ctrl-C in the terminal reaches only us, and `close()` (called from
+    a `finally`) takes down each child with whatever it spawned, on any exit path.
+    """
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: Sequence[str], *, env: Mapping[str, str] | None = None,
+              stdout: IO[bytes] | int | None = None,
+              stderr: IO[bytes] | int | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(list(args), env=dict(env) if env is not None else None,
+                                stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        self._procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
+        """SIGTERM the group, then SIGKILL it if it has not gone within `grace_s`."""
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if proc in self._procs:
+            self._procs.remove(proc)
+
+    def close(self) -> None:
+        for proc in reversed(list(self._procs)):
+            self.stop(proc)
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the child binds it a moment later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_upstream(procs: Processes) -> int:
+    """Start bench/fast_upstream.py; return its port once it says READY."""
+    proc = procs.start([sys.executable, str(HERE / "fast_upstream.py"), "0"],
+                       stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(READY_TIMEOUT_S):
+            raise BenchError("the fast upstream did not start")
+    line = proc.stdout.readline().decode()
+    if not line.startswith("READY "):
+        raise BenchError(f"the fast upstream said {line!r} instead of READY")
+    return int(line.split()[1])
+
+
+@dataclass(frozen=True)
+class RunningGateway:
+    proc: subprocess.Popen[bytes]
+    url: str
+    admin_url: str
+    api_key: str
+    log_path: Path
+
+
+def start_gateway(procs: Processes, rules_path: Path, env: Mapping[str, str],
+                  log_path: Path, access_log: bool) -> RunningGateway:
+    """Start `gateway serve`, wait for /readyz, and create an API key through the admin API."""
+    port, admin_port = free_port(), free_port()
+    token = secrets.token_urlsafe(24)
+    gw_env = {**env, "GATEWAY_ADMIN_TOKEN": token}
+    args = [sys.executable, "-m", "gateway", "serve", "--rules", str(rules_path),
+            "--host", "127.0.0.1", "--port", str(port),
+            "--admin-host", "127.0.0.1", "--admin-port", str(admin_port)]
+    if not access_log:
+        args.append("--no-access-log")
+    # The log goes to a file, not a pipe: nobody reads a pipe during a run, and a full
+    # pipe would stall the gateway on its access log.
+    with log_path.open("wb") as log:
+        proc = procs.start(args, env=gw_env, stdout=log, stderr=subprocess.STDOUT)
+    admin_url = f"http://127.0.0.1:{admin_port}"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            if proc.poll() is not None:
+                raise BenchError(f"the gateway exited with {proc.returncode}:\n"
+                                 + _tail(log_path))
+            with contextlib.suppress(httpx.TransportError):
+                if client.get(f"{admin_url}/readyz").status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise BenchError(f"the gateway was not ready within {READY_TIMEOUT_S:.0f} s:\n"
+                                 + _tail(log_path))
+            time.sleep(0.1)
+        r = client.post(f"{admin_url}/admin/keys", json={"user": "bench"},
+                        headers={"Authorization": f"Bearer {token}"})
+        if r.status_code not in (200, 201) or "key" not in r.json():
+            raise BenchError(f"creating an API key failed: {r.status_code} {r.text}")
+        api_key = r.json()["key"]
+    return RunningGateway(proc, f"http://127.0.0.1:{port}", admin_url, api_key, log_path)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def run_wrk(procs: Processes, url: str, headers: Mapping[str, str], connections: int,
+            duration_s: float) -> WrkResult:
+    """One wrk run with one thread: on 2 cores wrk takes one, the gateway the other."""
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency",
+            "--timeout", "5s"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    proc = procs.start([*args, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = proc.communicate(timeout=duration_s + 30)
+    finally:
+        procs.stop(proc)
+    if proc.returncode != 0:
+        raise BenchError(f"wrk failed ({proc.returncode}): {out.decode(errors='replace')}")
+    return parse_wrk(out.decode())
+
+
+def sequential_latencies_ms(url: str, headers: Mapping[str, str], n: int) -> list[float]:
+    """`n` requests one after another on one keep-alive connection, each timed."""
+    parts = httpx.URL(url)
+    assert parts.port is not None
+    conn = http.client.HTTPConnection(parts.host, parts.port, timeout=10)
+    path = parts.raw_path.decode()
+    out: list[float] = []
+    try:
+        for i in range(SEQUENTIAL_WARMUP + n):
+            t0 = time.perf_counter()
+            conn.request("GET", path, headers=dict(headers))
+            resp = conn.getresponse()
+            resp.read()
+            elapsed = (time.perf_counter() - t0) * 1000
+            if resp.status != 200:
+                raise BenchError(f"sequential request to {url} got {resp.status}")
+            if i >= SEQUENTIAL_WARMUP:
+                out.append(elapsed)
+    finally:
+        conn.close()
+    return out
+
+
+@dataclass(frozen=True)
+class Run:
+    case: str
+    connections: int
+    result: WrkResult
+
+
+@dataclass(frozen=True)
+class Sequential:
+    case: str
+    samples_ms: list[float]
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def p99_ms(self) -> float:
+        return statistics.quantiles(self.samples_ms, n=100)[98]
+
+
+@dataclass
+class Report:
+    runs: list[Run] = field(default_factory=list)
+    sequential: list[Sequential] = field(default_factory=list)
+
+    def rps(self, case: str, connections: int) -> float | None:
+        for r in self.runs:
+            if r.case == case and r.connections == connections:
+                return r.result.requests_per_s
+        return None
+
+    def ratio(self, case: str, connections: int, baseline: str = DIRECT.name) -> float | None:
+        mine, base = self.rps(case, connections), self.rps(baseline, connections)
+        return mine / base if mine is not None and base else None
+
+    def median_ms(self, case: str) -> float | None:
+        return next((s.p50_ms for s in self.sequential if s.case == case), None)
+
+    def added_ms(self, case: str, baseline: str = DIRECT.name) -> float | None:
+        """Median latency added over the baseline, sequential requests (SPEC §9)."""
+        mine, base = self.median_ms(case), self.median_ms(baseline)
+        return mine - base if mine is not None and base is not None else None
+
+    def flagged(self) -> list[Run]:
+        return [r for r in self.runs if r.result.errors]
+
+
+def measure(procs: Processes, cases: Sequence[Case], args: argparse.Namespace,
+            workdir: Path, upstream_port: int, report: Report) -> None:
+    """Run every case, gateway processes started and stopped in turn, into `report`."""
+    rules_path = workdir / "rules.yaml"
+    rules_path.write_text(RULES_TEMPLATE.format(port=upstream_port))
+    base_env = dict(os.environ)
+    # The default is the embedded store even if the shell exports a Redis URL: a
+    # benchmark must say what it measured.
+    base_env.pop("GATEWAY_REDIS_URL", None)
+    if args.redis_url:
+        base_env["GATEWAY_REDIS_URL"] = args.redis_url
+    base_env["GATEWAY_DRAIN_TIMEOUT_S"] = "2"  # stop quickly between cases
+    for case in cases:
+        gateway: RunningGateway | None = None
+        if case.env is not None:
+            log_path = workdir / f"{case.name}.log"
+            print(f"· starting gateway for {case.name} (log: {log_path})", file=sys.stderr)
+            gateway = start_gateway(procs, rules_path, {**base_env, **case.env}, log_path,
+                                    access_log=args.access_log)
+        values = {"upstream": f"http://127.0.0.1:{upstream_port}",
+                  "gateway": gateway.url if gateway else "",
+                  "api_key": gateway.api_key if gateway else ""}
+        url = case.url.format(**values)
+        headers = {k: v.format(**values) for k, v in case.headers.items()}
+        try:
+            for c in args.connections:
+                print(f"· {case.name}: {c} connections, {args.warmup:g} s warm-up + "
+                      f"{args.duration:g} s", file=sys.stderr)
+                if args.warmup > 0:
+                    run_wrk(procs, url, headers, c, args.warmup)
+                result = run_wrk(procs, url, headers, c, args.duration)
+                report.runs.append(Run(case.name, c, result))
+            if args.sequential > 0:
+                print(f"· {case.name}: {args.sequential} sequential requests", file=sys.stderr)
+                samples = sequential_latencies_ms(url, headers, args.sequential)
+                report.sequential.append(Sequential(case.name, samples))
+        finally:
+            if gateway is not None:
+                procs.stop(gateway.proc)
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
+
+
+def _fmt_ratio(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}"
+
+
+def print_report(report: Report, cases: Sequence[Case], out: IO[str]) -> None:
+    header = (f"{'case':<22} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'errors':>7} {'vs direct':>9}")
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for r in report.runs:
+        flag = " !" if r.result.errors else ""
+        print(f"{r.case:<22} {r.connections:>5} {r.result.requests_per_s:>10.0f} "
+              f"{_fmt_ms(r.result.p50_ms):>8} {_fmt_ms(r.result.p99_ms):>8} "
+              f"{r.result.errors:>7} {_fmt_ratio(report.ratio(r.case, r.connections)):>9}{flag}",
+              file=out)
+    if report.sequential:
+        print(file=out)
+        print(f"{'sequential (1 conn)':<22} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'added p50 ms':>13}", file=out)
+        for s in report.sequential:
+            added = report.added_ms(s.case)
+            print(f"{s.case:<22} {len(s.samples_ms):>5} {_fmt_ms(s.p50_ms):>8} "
+                  f"{_fmt_ms(s.p99_ms):>8} "
+                  f"{'-' if s.case == DIRECT.name or added is None else f'{added:.3f}':>13}",
+                  file=out)
+    print(file=out)
+    for case in cases:
+        if not case.needs_gateway:
+            continue
+        ratios = ", ".join(
+            f"{_fmt_ratio(report.ratio(case.name, r.connections))} at {r.connections} conns"
+            for r in report.runs if r.case == case.name)
+        added = report.added_ms(case.name)
+        if not ratios and added is None:
+            continue  # interrupted before this case ran
+        latency = "" if added is None else (
+            f"; added median latency {added:.3f} ms "
+            f"({'within' if added <= ADDED_LATENCY_TARGET_MS else 'OVER'} the "
+            f"{ADDED_LATENCY_TARGET_MS:g} ms target)")
+        print(f"{case.name}: gateway/direct throughput {ratios}{latency}", file=out)
+    # The transports against each other: the figure that chooses the default (SPEC §9).
+    gateways = [c.name for c in cases if c.needs_gateway]
+    for other in gateways[1:]:
+        ratios = ", ".join(
+            f"{_fmt_ratio(report.ratio(gateways[0], r.connections, baseline=other))}x "
+            f"at {r.connections} conns" for r in report.runs
+            if r.case == other and report.rps(gateways[0], r.connections) is not None)
+        if not ratios:
+            continue
+        print(f"{gateways[0]} vs {other} throughput: {ratios}", file=out)
+    for r in report.flagged():
+        print(f"! {r.case} at {r.connections} conns had {r.result.errors} errors "
+              f"(non-2xx {r.result.non_2xx}, socket {r.result.socket_errors}): "
+              "its numbers are not a valid measurement", file=out)
+
+
+def report_json(report: Report, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "environment": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "platform": platform.platform(), "wrk": shutil.which("wrk")},
+        "config": {"duration_s": args.duration, "warmup_s": args.warmup,
+                   "connections": args.connections, "transports": args.transports,
+                   "sequential": args.sequential, "threads": 1,
+                   "store": "redis" if args.redis_url else "embedded",
+                   "access_log": args.access_log, "path": BENCH_PATH},
+        "runs": [{"case": r.case, "connections": r.connections,
+                  **asdict(r.result), "errors": r.result.errors,
+                  "flagged": bool(r.result.errors),
+                  "ratio_vs_direct": report.ratio(r.case, r.connections)}
+                 for r in report.runs],
+        "sequential": [{"case": s.case, "n": len(s.samples_ms), "p50_ms": s.p50_ms,
+                        "p99_ms": s.p99_ms, "added_p50_ms": report.added_ms(s.case)}
+                       for s in report.sequential],
+        "added_latency_target_ms": ADDED_LATENCY_TARGET_MS,
+    }
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("connection counts must be positive")
+    return values
+
+
+def _transports(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = set(names) - set(TRANSPORTS)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"transports are {', '.join(TRANSPORTS)}")
+    return names
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each")
+    p.add_argument("--connections", type=_int_list, default=[8, 32],
+                   help="comma-separated connection counts (default 8,32)")
+    p.add_argument("--transports", type=_transports, default=list(TRANSPORTS),
+                   help="gateway upstream transports to compare (default aiohttp,httpcore)")
+    p.add_argument("--sequential", type=int, default=2000,
+                   help="sequential requests for the added-latency figure (0: skip)")
+    p.add_argument("--redis-url", default=None,
+                   help="GATEWAY_REDIS_URL for the gateway (default: its embedded store)")
+    p.add_argument("--no-access-log", dest="access_log", action="store_false",
+                   help="run the gateway with --no-access-log")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    # SIGTERM becomes SystemExit, so the `finally` below still stops every child.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    cases = default_cases(args.transports)
+    report = Report()
+    procs = Processes()
+    status = 0
+    try:
+        with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+            upstream_port = start_upstream(procs)
+            try:
+                measure(procs, cases, args, Path(tmp), upstream_port, report)
+            finally:
+                procs.close()  # before the temporary directory (their logs) goes away
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        status = 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; partial results below", file=sys.stderr)
+        status = 130
+    finally:
+        procs.close()
+    if not report.runs and not report.sequential:
+        return status or 1
+    print(file=sys.stderr)
+    print_report(report, cases, sys.stdout)
+    if args.json is not None:
+        args.json.write_text(json.dumps(report_json(report, args), indent=2) + "\n")
+    return status or (1 if report.flagged() else 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -32,14 +32,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 
 HERE = Path(__file__).resolve().parent
-BENCH_PATH = "/api/v1/bench"  # a free read (weight 0): benchmarking never exhausts a budget
+BENCH_PATH = "/api/v1/free/bench"  # weight 0: identified and routed, no store call
+METERED_PATH = "/api/v1/metered"   # weight 1: one debit script per request
+METERED_TARGET = 0.90              # SPEC §9: metered throughput >= 90% of proxy only
 TRANSPORTS = ("aiohttp", "httpcore")
 READY_TIMEOUT_S = 20.0
 SEQUENTIAL_WARMUP = 200  # requests before the sequential samples: pools, caches, JIT-less paths
@@ -59,7 +61,7 @@ meters:
 weights:
   default: {{meter: fcu, units: 1}}
   rules:
-    - {{method: GET, path: /api/v1/**, units: 0}}
+    - {{method: GET, path: /api/v1/free/**, units: 0}}
 plans:
   bench: {{throughput: [{{limit: 1000000000, window: 60s}}], quota: {{fcu: 1000000000000}}}}
 defaults: {{user_plan: bench}}
@@ -133,6 +135,11 @@ class Case:
     url: str
     headers: Mapping[str, str]
     env: Mapping[str, str] | None
+    # Metered vs proxy only: measured on the *same* gateway process, alternating short
+    # rounds of this case's URL and `baseline_url`, so machine noise hits both alike.
+    baseline: str | None = None
+    baseline_url: str | None = None
+    count_store: bool = False     # count Redis commands per request during its runs
 
     @property
     def needs_gateway(self) -> bool:
@@ -144,15 +151,16 @@ DIRECT = Case("direct", "{upstream}" + BENCH_PATH, {}, None)
 
 def default_cases(transports: Sequence[str]) -> list[Case]:
     """Direct first (the baseline every ratio divides by), then one gateway per transport."""
-    metered = {"X-Api-Key": "{api_key}"}
+    key = {"X-Api-Key": "{api_key}"}
     cases = [DIRECT]
     for t in transports:
-        cases.append(Case(f"gateway-{t}", "{gateway}" + BENCH_PATH, metered,
-                          {"GATEWAY_UPSTREAM_TRANSPORT": t}))
-    # Next stage (metering off vs on, SPEC §9: on ≥ 90% of off) is one more line here,
-    # e.g. Case("gateway-aiohttp-unmetered", "{gateway}" + BENCH_PATH, {},
-    #           {"GATEWAY_UPSTREAM_TRANSPORT": "aiohttp", "GATEWAY_METERING": "off"}),
-    # and a ratio line in `print_report` that divides by that case instead of direct.
+        env = {"GATEWAY_UPSTREAM_TRANSPORT": t}
+        cases.append(Case(f"gateway-{t}", "{gateway}" + BENCH_PATH, key, env))
+        if t == transports[0]:
+            # The same gateway configuration on a weighted route: metering on vs off.
+            cases.append(Case(f"gateway-{t}-metered", "{gateway}" + METERED_PATH, key, env,
+                              baseline=f"gateway-{t}", baseline_url="{gateway}" + BENCH_PATH,
+                              count_store=True))
     return cases
 
 
@@ -270,6 +278,45 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+# Commands the gateway sends itself (everything else in commandstats ran inside a script).
+TOP_LEVEL_COMMANDS = frozenset({"hello", "ping", "hgetall", "script|load", "script", "select",
+                                "auth", "client|setinfo"})
+
+
+def start_redis(procs: Processes) -> str:
+    """A throwaway redis-server on a free port (no persistence) for the metered cases."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("redis-server is not installed (apt-get install redis-server), "
+                         "or pass --store embedded / --redis-url")
+    port = free_port()
+    procs.start([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--loglevel", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", port), timeout=0.2) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                return f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.05)
+    raise BenchError("redis-server did not start")
+
+
+def command_calls(redis_url: str) -> dict[str, int]:
+    """Calls per Redis command so far (INFO commandstats), without INFO itself."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()
+            if name != "cmdstat_info"}
+
+
 def run_wrk(procs: Processes, url: str, headers: Mapping[str, str], connections: int,
             duration_s: float) -> WrkResult:
     """One wrk run with one thread: on 2 cores wrk takes one, the gateway the other."""
@@ -335,6 +382,16 @@ class Sequential:
 class Report:
     runs: list[Run] = field(default_factory=list)
     sequential: list[Sequential] = field(default_factory=list)
+    # (case, connections) -> {redis command: calls per request} during the measured run
+    store_calls: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
+    # (case, connections) -> [(baseline req/s, case req/s)] per alternating round
+    paired: dict[tuple[str, int], list[tuple[float, float]]] = field(default_factory=dict)
+
+    def paired_ratio(self, case: str, connections: int) -> float | None:
+        rounds = self.paired.get((case, connections))
+        if not rounds:
+            return None
+        return statistics.median(mine / base for base, mine in rounds if base)
 
     def rps(self, case: str, connections: int) -> float | None:
         for r in self.runs:
@@ -367,8 +424,11 @@ def measure(procs: Processes, cases: Sequence[Case], args: argparse.Namespace,
     # The default is the embedded store even if the shell exports a Redis URL: a
     # benchmark must say what it measured.
     base_env.pop("GATEWAY_REDIS_URL", None)
-    if args.redis_url:
-        base_env["GATEWAY_REDIS_URL"] = args.redis_url
+    redis_url = args.redis_url
+    if redis_url is None and args.store == "redis":
+        redis_url = start_redis(procs)
+    if redis_url:
+        base_env["GATEWAY_REDIS_URL"] = redis_url
     base_env["GATEWAY_DRAIN_TIMEOUT_S"] = "2"  # stop quickly between cases
     for case in cases:
         gateway: RunningGateway | None = None
@@ -388,8 +448,19 @@ def measure(procs: Processes, cases: Sequence[Case], args: argparse.Namespace,
                       f"{args.duration:g} s", file=sys.stderr)
                 if args.warmup > 0:
                     run_wrk(procs, url, headers, c, args.warmup)
-                result = run_wrk(procs, url, headers, c, args.duration)
+                counting = case.count_store and redis_url is not None
+                before = command_calls(redis_url) if counting and redis_url else {}
+                if case.baseline_url is not None:
+                    result = measure_paired(procs, case, case.baseline_url.format(**values),
+                                            url, headers, c, args, report)
+                else:
+                    result = run_wrk(procs, url, headers, c, args.duration)
                 report.runs.append(Run(case.name, c, result))
+                if counting and redis_url and result.requests:
+                    after = command_calls(redis_url)
+                    report.store_calls[(case.name, c)] = {
+                        cmd: (n - before.get(cmd, 0)) / result.requests
+                        for cmd, n in after.items() if n - before.get(cmd, 0) > 0}
             if args.sequential > 0:
                 print(f"· {case.name}: {args.sequential} sequential requests", file=sys.stderr)
                 samples = sequential_latencies_ms(url, headers, args.sequential)
@@ -397,6 +468,32 @@ def measure(procs: Processes, cases: Sequence[Case], args: argparse.Namespace,
         finally:
             if gateway is not None:
                 procs.stop(gateway.proc)
+
+
+PAIRED_ROUNDS = 4
+
+
+def measure_paired(procs: Processes, case: Case, baseline_url: str, url: str,
+                   headers: Mapping[str, str], connections: int, args: argparse.Namespace,
+                   report: Report) -> WrkResult:
+    """Alternate baseline and case on one gateway; returns the case's last round."""
+    assert case.baseline is not None
+    round_s = max(args.duration / PAIRED_ROUNDS, 1.0)
+    rounds = report.paired.setdefault((case.name, connections), [])
+    result: WrkResult | None = None
+    total = 0
+    for _ in range(PAIRED_ROUNDS):
+        base = run_wrk(procs, baseline_url, headers, connections, round_s)
+        result = run_wrk(procs, url, headers, connections, round_s)
+        if base.errors or result.errors:
+            return result if result.errors else base
+        rounds.append((base.requests_per_s, result.requests_per_s))
+        total += result.requests
+    assert result is not None
+    # Latencies of the last round; requests and req/s over all of this case's rounds (the
+    # Redis command counts cover every round, so they are divided by all its requests).
+    return replace(result, requests=total,
+                   requests_per_s=statistics.mean(mine for _, mine in rounds))
 
 
 def _fmt_ms(ms: float) -> str:
@@ -443,8 +540,29 @@ def print_report(report: Report, cases: Sequence[Case], out: IO[str]) -> None:
             f"({'within' if added <= ADDED_LATENCY_TARGET_MS else 'OVER'} the "
             f"{ADDED_LATENCY_TARGET_MS:g} ms target)")
         print(f"{case.name}: gateway/direct throughput {ratios}{latency}", file=out)
+    # Metering on vs off in the same configuration (SPEC §9: >= 90%), and what it cost
+    # in Redis: the common path is one round trip per request.
+    for case in cases:
+        if case.baseline is None:
+            continue
+        ratios = [(r.connections, report.paired_ratio(case.name, r.connections))
+                  for r in report.runs if r.case == case.name]
+        if not ratios:
+            continue
+        text = ", ".join(f"{_fmt_ratio(x)} at {c} conns" for c, x in ratios)
+        ok = all(x is not None and x >= METERED_TARGET for _, x in ratios)
+        print(f"{case.name} vs {case.baseline} (same process, median of {PAIRED_ROUNDS} "
+              f"alternating rounds): {text} "
+              f"({'meets' if ok else 'BELOW'} the {METERED_TARGET:.0%} target)", file=out)
+        for (name, c), calls in sorted(report.store_calls.items()):
+            if name == case.name:
+                detail = ", ".join(f"{cmd} {n:.2f}" for cmd, n in sorted(calls.items()))
+                trips = calls.get("evalsha", 0.0) + sum(
+                    n for cmd, n in calls.items() if cmd in TOP_LEVEL_COMMANDS)
+                print(f"  Redis round trips per request at {c} conns: {trips:.2f}; commands "
+                      f"Redis ran (incl. inside the script): {detail}", file=out)
     # The transports against each other: the figure that chooses the default (SPEC §9).
-    gateways = [c.name for c in cases if c.needs_gateway]
+    gateways = [c.name for c in cases if c.needs_gateway and c.baseline is None]
     for other in gateways[1:]:
         ratios = ", ".join(
             f"{_fmt_ratio(report.ratio(gateways[0], r.connections, baseline=other))}x "
@@ -459,14 +577,16 @@ def print_report(report: Report, cases: Sequence[Case], out: IO[str]) -> None:
               "its numbers are not a valid measurement", file=out)
 
 
-def report_json(report: Report, args: argparse.Namespace) -> dict[str, Any]:
+def report_json(report: Report, cases: Sequence[Case], args: argparse.Namespace
+                ) -> dict[str, Any]:
     return {
         "environment": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "platform": platform.platform(), "wrk": shutil.which("wrk")},
         "config": {"duration_s": args.duration, "warmup_s": args.warmup,
                    "connections": args.connections, "transports": args.transports,
                    "sequential": args.sequential, "threads": 1,
-                   "store": "redis" if args.redis_url else "embedded",
+                   "store": "redis" if args.redis_url or args.store == "redis"
+                   else "embedded",
                    "access_log": args.access_log, "path": BENCH_PATH},
         "runs": [{"case": r.case, "connections": r.connections,
                   **asdict(r.result), "errors": r.result.errors,
@@ -477,6 +597,13 @@ def report_json(report: Report, args: argparse.Namespace) -> dict[str, Any]:
                         "p99_ms": s.p99_ms, "added_p50_ms": report.added_ms(s.case)}
                        for s in report.sequential],
         "added_latency_target_ms": ADDED_LATENCY_TARGET_MS,
+        "metered": [{"case": c.name, "baseline": c.baseline, "connections": r.connections,
+                     "ratio": report.paired_ratio(c.name, r.connections),
+                     "rounds": report.paired.get((c.name, r.connections)),
+                     "redis_commands_per_request": report.store_calls.get((c.name,
+                                                                           r.connections))}
+                    for c in cases if c.baseline for r in report.runs if r.case == c.name],
+        "metered_target": METERED_TARGET,
     }
 
 
@@ -508,8 +635,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="gateway upstream transports to compare (default aiohttp,httpcore)")
     p.add_argument("--sequential", type=int, default=2000,
                    help="sequential requests for the added-latency figure (0: skip)")
+    p.add_argument("--store", choices=["redis", "embedded"], default="redis",
+                   help="redis (default): a redis-server the bench starts; embedded: the "
+                        "gateway's in-process store")
     p.add_argument("--redis-url", default=None,
-                   help="GATEWAY_REDIS_URL for the gateway (default: its embedded store)")
+                   help="use this Redis instead of starting one")
     p.add_argument("--no-access-log", dest="access_log", action="store_false",
                    help="run the gateway with --no-access-log")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -547,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(file=sys.stderr)
     print_report(report, cases, sys.stdout)
     if args.json is not None:
-        args.json.write_text(json.dumps(report_json(report, args), indent=2) + "\n")
+        args.json.write_text(json.dumps(report_json(report, cases, args), indent=2) + "\n")
     return status or (1 if report.flagged() else 0)
 
 

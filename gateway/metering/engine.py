@@ -45,7 +45,7 @@ class MeteringEngine:
         t0 = time.perf_counter()
         ok = False
         try:
-            result = await self.store.call(script(keys=keys, args=args))
+            result = await self.store.call(self.store.run_script(script, keys, args))
             ok = True
             return result
         finally:

@@ -171,8 +171,7 @@ async def _relay(
                 "headers": out_headers})
     expected = _content_length(raw)
     watcher: asyncio.Task[None] | None = None
-    gone = asyncio.Event()
-    stream = response.aiter_raw()
+    chunks = response.aiter_raw()
     try:
         while True:
             if watcher is None and outcome.bytes_out and (
@@ -180,27 +179,32 @@ async def _relay(
             ):
                 # More body to wait for: from now on notice a client that leaves, or an
                 # endless event stream would be relayed into the void forever.
-                watcher = asyncio.create_task(_watch_disconnect(receive, gone, response))
+                watcher = asyncio.create_task(_client_gone(receive))
             try:
-                chunk = await stream.__anext__()
-            except StopAsyncIteration:
-                break
+                if watcher is None:
+                    chunk = await _next(chunks)
+                else:
+                    # This task owns the upstream response: it waits for the next chunk
+                    # or the client's departure, and on departure cancels its own read
+                    # (both transports close the connection on a cancelled read).
+                    read = asyncio.ensure_future(_next(chunks))
+                    await asyncio.wait((read, watcher), return_when=asyncio.FIRST_COMPLETED)
+                    if not read.done():
+                        read.cancel()
+                        with contextlib.suppress(BaseException):
+                            await read
+                        outcome.client_disconnected = True
+                        return
+                    chunk = read.result()
             except (httpx.TransportError, OSError) as exc:
-                if gone.is_set():
-                    outcome.client_disconnected = True
-                    return
                 outcome.upstream_broken = True
                 raise StreamAborted(str(exc)) from exc
-            if gone.is_set():
-                outcome.client_disconnected = True
-                return
+            if chunk is None:
+                break
             if observer is not None:
                 observer.on_chunk(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             outcome.bytes_out += len(chunk)
-        if gone.is_set():
-            outcome.client_disconnected = True
-            return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         outcome.complete = True
     finally:
@@ -210,13 +214,15 @@ async def _relay(
                 await watcher
 
 
-async def _watch_disconnect(
-    receive: Receive, gone: asyncio.Event, response: httpx.Response
-) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            gone.set()
-            # Unblocks the relay's pending read and frees the upstream connection.
-            await response.aclose()
-            return
+async def _next(chunks: AsyncIterator[bytes]) -> bytes | None:
+    """The next body chunk, or None at the end."""
+    try:
+        return await chunks.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _client_gone(receive: Receive) -> None:
+    """Returns when the client disconnects (other messages are late body parts)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

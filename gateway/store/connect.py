@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -24,6 +24,8 @@ from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from gateway.errors import StoreUnavailable
+from gateway.store.batch import ScriptBatcher
+from gateway.store.pipe import RedisPipe
 
 log = logging.getLogger("gateway.store")
 
@@ -42,7 +44,18 @@ class Store:
     embedded: bool = False
     cluster: bool = False
     deadline_s: float = DEFAULT_DEADLINE_S
-    _closers: list[Any] = field(default_factory=list)
+    pipe: RedisPipe | None = field(default=None, repr=False)
+    _batcher: ScriptBatcher | None = field(default=None, repr=False)
+
+    def run_script(self, script: Any, keys: Sequence[Any], args: Sequence[Any]
+                   ) -> Awaitable[Any]:
+        """EVALSHA a registered script on the hot path, pipelined with concurrent calls:
+        over the lean connection for a single Redis (pipe.py), else redis-py (batch.py)."""
+        if self.pipe is not None:
+            return self.pipe.evalsha(script, keys, args)
+        if self._batcher is None:
+            self._batcher = ScriptBatcher(self.client)
+        return self._batcher.call(script, keys, args)
 
     async def call(self, awaitable: Awaitable[T], deadline_s: float | None = None) -> T:
         """Await one store operation within the deadline; failures become StoreUnavailable."""
@@ -62,6 +75,8 @@ class Store:
         return True
 
     async def close(self) -> None:
+        if self.pipe is not None:
+            await self.pipe.close()
         try:
             await self.client.aclose()
         except Exception:  # closing a dead connection may raise; nothing to do about it
@@ -100,8 +115,9 @@ def open_store(url: str | None, *, deadline_s: float = DEFAULT_DEADLINE_S) -> St
     if parts.scheme in ("redis", "rediss", "unix"):
         client = aioredis.Redis.from_url(url, socket_timeout=socket_s,
                                          socket_connect_timeout=socket_s)
+        pipe = RedisPipe(url, connect_timeout_s=socket_s) if parts.scheme != "unix" else None
         return Store(client, f"Redis at {parts.hostname}:{parts.port or 6379}",
-                     deadline_s=deadline_s)
+                     deadline_s=deadline_s, pipe=pipe)
     raise ValueError(f"unsupported GATEWAY_REDIS_URL scheme {parts.scheme!r}")
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from bench.bench import (
+    BENCH_PATH,
     DIRECT,
+    METERED_PATH,
     BenchError,
     Report,
     Run,
@@ -98,9 +100,15 @@ def test_defaults_and_cases() -> None:
     assert args.redis_url is None
     cases = default_cases(args.transports)
     assert cases[0] == DIRECT
-    assert [c.name for c in cases] == ["direct", "gateway-httpcore"]
+    assert [c.name for c in cases] == ["direct", "gateway-httpcore",
+                                       "gateway-httpcore-metered"]
     assert cases[1].env == {"GATEWAY_UPSTREAM_TRANSPORT": "httpcore"}
     assert cases[1].headers == {"X-Api-Key": "{api_key}"}
+    metered = cases[2]
+    assert (metered.baseline, metered.count_store) == ("gateway-httpcore", True)
+    assert metered.env == cases[1].env  # the same gateway configuration, metered route
+    assert metered.url.endswith(METERED_PATH) and cases[1].url.endswith(BENCH_PATH)
+    assert args.store == "redis"  # metering is measured against a real redis-server
 
 
 @pytest.mark.parametrize("argv", [["--transports", "curl"], ["--connections", "0"],
@@ -132,9 +140,24 @@ def test_report_ratios_table_and_json() -> None:
     assert "! gateway-httpcore at 8 conns had 3 errors" in text
     assert "gateway-aiohttp vs gateway-httpcore throughput: 5.00x at 8 conns" in text
 
-    data = report_json(report, _args())
+    report.runs.append(Run("gateway-aiohttp-metered", 8, WrkResult(2300.0, 3.2, 6.5, 9200)))
+    report.paired[("gateway-aiohttp-metered", 8)] = [(2500.0, 2300.0), (2400.0, 2280.0),
+                                                    (2600.0, 2000.0)]
+    report.store_calls[("gateway-aiohttp-metered", 8)] = {"evalsha": 1.0, "hincrby": 5.0}
+    out = io.StringIO()
+    print_report(report, default_cases(["aiohttp", "httpcore"]), out)
+    text = out.getvalue()
+    # The median of the per-round ratios (0.92, 0.95, 0.77), not of the rates.
+    assert ("gateway-aiohttp-metered vs gateway-aiohttp (same process, median of 4 "
+            "alternating rounds): 0.92 at 8 conns (meets the 90% target)") in text
+    assert "Redis round trips per request at 8 conns: 1.00" in text
+
+    data = report_json(report, default_cases(["aiohttp", "httpcore"]),
+                       _args(store="embedded"))
     assert data["config"]["store"] == "embedded"
-    assert [r["ratio_vs_direct"] for r in data["runs"]] == pytest.approx([1.0, 0.25, 0.05])
+    assert data["metered"][0]["ratio"] == pytest.approx(0.92)
+    assert [r["ratio_vs_direct"] for r in data["runs"]] == pytest.approx(
+        [1.0, 0.25, 0.05, 0.23])
     assert data["runs"][2]["flagged"] is True
     assert data["sequential"][1]["added_p50_ms"] == pytest.approx(0.6)
 

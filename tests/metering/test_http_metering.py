@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import orjson
@@ -65,6 +65,18 @@ async def units_of(gw: RunningGateway, scope: str, account_id: str, meter: str) 
     view = await gw.runtime.ledger.view(gw.runtime.rules, gw.runtime.routing.tables,
                                         Account(scope, account_id))  # type: ignore[arg-type]
     return int(view["units"][meter])
+
+
+async def eventually(read: Callable[[], Awaitable[int]], expected: int,
+                     within_s: float = 5.0) -> int:
+    """Poll until `read()` gives `expected` or the time is up; returns the last value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    value = await read()
+    while value != expected and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+        value = await read()
+    return value
 
 
 async def test_admitted_request_carries_metering_headers(gw: RunningGateway) -> None:
@@ -156,7 +168,8 @@ async def test_upstream_5xx_and_connect_failures_refund_exactly(
         client_error = await c.get("/api/status/404", headers={"X-Api-Key": key})
     assert (ok.status_code, failed.status_code, client_error.status_code) == (200, 503, 404)
     assert failed.headers["x-gateway-units"] == "5"
-    assert await units_of(gw, "user", "gus", "fcu") == 10  # the 503 was refunded
+    # The 503 was refunded (just after its response went out).
+    assert await eventually(lambda: units_of(gw, "user", "gus", "fcu"), 10) == 10
     from tests.redis_servers import free_port
 
     dead = RULES.format(upstream=f"http://127.0.0.1:{free_port()}")
@@ -176,7 +189,7 @@ async def test_settlement_from_json_body_and_header_and_model_breakdown(
         r = await c.post("/api/usage?tokens=37&model=llama-70b", headers={"X-Api-Key": key})
     assert r.status_code == 200
     assert r.headers["x-gateway-units"] == "100"  # the reserve, charged up front
-    assert await units_of(gw, "user", "ida", "tokens") == 37
+    assert await eventually(lambda: units_of(gw, "user", "ida", "tokens"), 37) == 37
     async with client(gw.url) as c:
         me = (await c.get("/usage/me", headers={"X-Api-Key": key})).json()
     models = me["usage"]["breakdown_by_model"]
@@ -190,7 +203,8 @@ async def test_settlement_from_the_final_sse_usage_chunk(gw: RunningGateway) -> 
     ) as r:
         body = b"".join([chunk async for chunk in r.aiter_raw()])
     assert body.endswith(b"data: [DONE]\n\n")
-    assert await units_of(gw, "user", "jon", "tokens") == 42
+    # Settlement commits just after the last byte has gone to the client.
+    assert await eventually(lambda: units_of(gw, "user", "jon", "tokens"), 42) == 42
 
 
 async def test_client_leaving_mid_stream_pays_the_reserve_or_what_was_reported(
@@ -206,7 +220,8 @@ async def test_client_leaving_mid_stream_pays_the_reserve_or_what_was_reported(
     deadline = loop.time() + 5
     while upstream.open_streams and loop.time() < deadline:
         await asyncio.sleep(0.05)
-    assert await units_of(gw, "user", "kim", "tokens") == 70  # nothing reported: reserve
+    # Nothing reported: the reserve stands.
+    assert await eventually(lambda: units_of(gw, "user", "kim", "tokens"), 70) == 70
     async with client(gw.url) as c, c.stream(
         "GET", "/api/sse-usage?n=3&tokens=9&ms=100", headers={"X-Api-Key": key}
     ) as r:
@@ -215,10 +230,7 @@ async def test_client_leaving_mid_stream_pays_the_reserve_or_what_was_reported(
             seen += chunk
             if b"total_tokens" in seen:
                 break  # leave after the usage chunk, before [DONE]
-    deadline = loop.time() + 5
-    while await units_of(gw, "user", "kim", "tokens") != 79 and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    assert await units_of(gw, "user", "kim", "tokens") == 79
+    assert await eventually(lambda: units_of(gw, "user", "kim", "tokens"), 79) == 79
 
 
 async def test_repeated_request_id_is_charged_once(gw: RunningGateway) -> None:
@@ -325,8 +337,17 @@ async def test_conservation_over_http(gw: RunningGateway, store_url: str | None)
     async with client(gw.url) as c:
         results = await asyncio.gather(*(
             c.post(paths[i % len(paths)], headers={"X-Api-Key": key}) for i in range(30)))
+        assert {r.status_code for r in results} <= {200, 429, 500}
+        admitted_units = sum(int(r.headers.get("x-gateway-units", 0)) for r in results
+                             if r.status_code == 200 and "tokens" not in str(r.url))
+
+        async def fcu_recorded() -> int:
+            entries = await gw.runtime.store.client.xrange(Account("user", "pat").usage_stream)
+            return sum(int(f[b"units"]) for _, f in entries if f[b"meter"] == b"fcu")
+
+        # Refunds and settlements land just after their responses.
+        assert await eventually(fcu_recorded, admitted_units) == admitted_units
         me = (await c.get("/usage/me", headers={"X-Api-Key": key})).json()
-    assert {r.status_code for r in results} <= {200, 429, 500}
     entries = await gw.runtime.store.client.xrange(Account("user", "pat").usage_stream)
     by_meter: dict[str, int] = {}
     for _, f in entries:
@@ -334,7 +355,5 @@ async def test_conservation_over_http(gw: RunningGateway, store_url: str | None)
         by_meter[meter] = by_meter.get(meter, 0) + int(f[b"units"])
     assert me["usage"]["units"] == {"fcu": by_meter.get("fcu", 0),
                                     "tokens": by_meter.get("tokens", 0)}
-    admitted_units = sum(int(r.headers.get("x-gateway-units", 0)) for r in results
-                         if r.status_code == 200 and "tokens" not in str(r.url))
     assert by_meter.get("fcu", 0) == admitted_units
     assert orjson.dumps(me)  # the document is JSON-serialisable as served

@@ -231,3 +231,13 @@ def test_conservation_units_charged_equal_units_recorded(
         await store.close()
 
     asyncio.run(scenario())
+
+
+async def test_counters_expire_so_idle_accounts_cost_no_memory(store: Store) -> None:
+    d = Driver(store, TABLE)
+    await d.debit(USER, 1, T0)
+    await d.debit(USER, 1, T0 + 1)
+    period_ttl = await store.client.pttl(USER.period_key("2026-11"))
+    window_ttl = await store.client.pttl(USER.windows_key)
+    assert 300 * 86_400_000 < period_ttl <= 34_214_400_000  # ~13 months of history
+    assert 60_000 < window_ttl <= 120_000                   # twice the 60 s window

@@ -103,6 +103,7 @@ local retry_ms = 0
 local g_limit, g_remaining, g_reset, g_window, g_scope = 0, 0, 0, 0, 'account'
 local g_ratio = 2
 local writes = {}
+local new_bucket = false
 
 local function check(spec, prefix, scope)
   for limit_s, window_s in string.gmatch(spec, '(%d+):(%d+)') do
@@ -126,6 +127,7 @@ local function check(spec, prefix, scope)
       end
     else
       writes[#writes + 1] = {st.field, fmt(cur) .. ':' .. fmt(cur_units + units)}
+      if cur_units == 0 then new_bucket = true end
       remaining = remaining - units
     end
     -- The gauge reported in RateLimit headers: a refusing window, else the tightest.
@@ -145,7 +147,11 @@ if units > 0 then
 end
 
 -- Money: plan quota -> prepaid credits -> overage (bounded by a hard cap) -> grace.
-local pf = redis.call('HMGET', period_key, sp .. 'q:' .. meter, sp .. 'g:' .. meter, 'spend')
+local route = ARGV[10]
+local pf = redis.call('HMGET', period_key, sp .. 'q:' .. meter, sp .. 'g:' .. meter, 'spend',
+  'rn:' .. route)
+-- The period hash gets its TTL when its first request on this route lands.
+local period_is_new = pf[4] == false
 local q_used, g_used, spend = tonumber(pf[1] or '0'), tonumber(pf[2] or '0'),
   tonumber(pf[3] or '0')
 local q_total = quota > 0 and quota or 0
@@ -198,7 +204,9 @@ if code ~= '' then
 end
 
 for _, w in ipairs(writes) do redis.call('HSET', win_key, w[1], w[2]) end
-if #writes > 0 then
+-- The window hash's TTL only needs renewing when a new bucket starts (at most once per
+-- bucket width); it outlives the longest window twice over.
+if #writes > 0 and new_bucket then
   local longest = 0
   for window_s in string.gmatch(plan_windows .. ',' .. key_windows, '%d+:(%d+)') do
     if tonumber(window_s) > longest then longest = tonumber(window_s) end
@@ -209,12 +217,11 @@ if not enforce then
   -- Shadow admit: only the shadow counters move; verdict stays 0 with no code.
   if take_q > 0 then redis.call('HINCRBY', period_key, 'sq:' .. meter, take_q) end
   if take_g > 0 then redis.call('HINCRBY', period_key, 'sg:' .. meter, take_g) end
-  redis.call('PEXPIRE', period_key, 34214400000)
+  if period_is_new then redis.call('PEXPIRE', period_key, 34214400000) end
   return reply
 end
 reply[1] = 1
 
-local route = ARGV[10]
 redis.call('HINCRBY', period_key, 'u:' .. meter, units)
 redis.call('HINCRBY', period_key, 'n', 1)
 redis.call('HINCRBY', period_key, 'ru:' .. route .. ':' .. meter, units)
@@ -225,7 +232,7 @@ if take_o > 0 then redis.call('HINCRBY', period_key, 'o:' .. meter, take_o) end
 if cm + om > 0 then redis.call('HINCRBY', period_key, 'spend', cm + om) end
 if cm > 0 then redis.call('DECRBY', credits_key, cm) end
 -- Kept ~13 months: usage history outlives the period for invoices and disputes.
-redis.call('PEXPIRE', period_key, 34214400000)
+if period_is_new then redis.call('PEXPIRE', period_key, 34214400000) end
 
 redis.call('XADD', stream_key, '*', 'kind', 'debit', 'rid', rid, 'meter', meter,
   'units', fmt(units), 'q', fmt(take_q), 'c', fmt(take_c), 'cm', fmt(cm),

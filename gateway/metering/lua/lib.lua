@@ -56,9 +56,11 @@ end
 local function window_state(win_key, prefix, window, buckets, now)
   local width = window / buckets
   local cur = math.floor(now / width)
-  local names = {}
+  -- Plain concatenation: these are small integers, which Lua prints exactly, and
+  -- string.format costs more than the rest of the loop.
+  local names, base, slots = {}, prefix .. window .. ':', buckets + 1
   for i = 0, buckets do
-    names[#names + 1] = prefix .. fmt(window) .. ':' .. fmt((cur - i) % (buckets + 1))
+    names[i + 1] = base .. ((cur - i) % slots)
   end
   local vals = redis.call('HMGET', win_key, unpack(names))
   local used, live, cur_units = 0, {}, 0

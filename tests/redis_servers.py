@@ -40,11 +40,12 @@ class RedisServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_redis(*extra: str) -> RedisServer:
+def start_redis(*extra: str, port: int | None = None) -> RedisServer:
+    """A redis-server on `port` (default: a free one), ready to answer."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
+    port = port or free_port()
     workdir = tempfile.mkdtemp(prefix="gw-redis-")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -56,7 +57,8 @@ def start_redis(*extra: str) -> RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
                 s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
+                # -NOAUTH: a server with requirepass is up, just not talking to strangers.
+                if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                     return RedisServer(port, proc, workdir)
         except OSError:
             time.sleep(0.05)

@@ -1,0 +1,92 @@
+"""The pipelined hot-path connection against real redis-server processes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.errors import StoreUnavailable
+from gateway.store import open_store
+from gateway.store.pipe import PipeError, RedisPipe, ReplyError
+from tests.redis_servers import RedisServer, start_redis
+
+ECHO = "return {KEYS[1], ARGV[1]}"
+
+
+async def test_concurrent_calls_each_get_their_own_reply(redis_server: RedisServer) -> None:
+    store = open_store(redis_server.url)
+    script = store.client.register_script(ECHO)
+    assert store.pipe is not None
+    replies = await asyncio.gather(*(
+        store.call(store.run_script(script, [f"k{i}"], [i])) for i in range(500)))
+    assert replies == [[f"k{i}".encode(), str(i).encode()] for i in range(500)]
+    await store.close()
+
+
+async def test_a_caller_that_gives_up_does_not_shift_later_replies(
+    redis_server: RedisServer,
+) -> None:
+    pipe = RedisPipe(redis_server.url)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await pipe.execute("BLPOP", "gw:test:never", 1)  # answers nil after 1 s
+    # The BLPOP's late reply must be consumed and dropped, not handed to this caller.
+    assert await pipe.execute("ECHO", "mine") == b"mine"
+    await asyncio.sleep(1.0)
+    assert await pipe.execute("ECHO", "still mine") == b"still mine"
+    await pipe.close()
+
+
+async def test_scripts_are_reloaded_after_a_script_flush(redis_server: RedisServer) -> None:
+    store = open_store(redis_server.url)
+    script = store.client.register_script(ECHO)
+    assert await store.call(store.run_script(script, ["a"], [1])) == [b"a", b"1"]
+    await store.client.script_flush()
+    assert await store.call(store.run_script(script, ["b"], [2])) == [b"b", b"2"]
+    await store.close()
+
+
+async def test_error_replies_surface_as_store_errors(redis_server: RedisServer) -> None:
+    store = open_store(redis_server.url)
+    broken = store.client.register_script("return redis.error_reply('boom')")
+    with pytest.raises(StoreUnavailable):
+        await store.call(store.run_script(broken, [], []))
+    pipe = RedisPipe(redis_server.url)
+    with pytest.raises(ReplyError, match="boom"):
+        await pipe.evalsha(broken, [], [])
+    await pipe.close()
+    await store.close()
+
+
+async def test_reconnects_after_redis_restarts() -> None:
+    server = start_redis()
+    store = open_store(server.url, deadline_s=0.5)
+    script = store.client.register_script(ECHO)
+    try:
+        assert await store.call(store.run_script(script, ["x"], [1])) == [b"x", b"1"]
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            await store.call(store.run_script(script, ["x"], [2]))
+        server = start_redis(port=server.port)  # same port, empty: no scripts loaded
+        assert await store.call(store.run_script(script, ["x"], [3])) == [b"x", b"3"]
+    finally:
+        await store.close()
+        server.stop()
+
+
+async def test_password_and_database_from_the_url() -> None:
+    server = start_redis("--requirepass", "s3cret")
+    try:
+        pipe = RedisPipe(f"redis://:s3cret@127.0.0.1:{server.port}/3")
+        await pipe.execute("SET", "gw:test:db", "three")
+        assert await pipe.execute("GET", "gw:test:db") == b"three"
+        await pipe.close()
+        nodb = RedisPipe(f"redis://:s3cret@127.0.0.1:{server.port}/0")
+        assert await nodb.execute("GET", "gw:test:db") is None
+        await nodb.close()
+        wrong = RedisPipe(f"redis://:nope@127.0.0.1:{server.port}/0")
+        with pytest.raises(PipeError):
+            await wrong.execute("PING")
+    finally:
+        server.stop()

@@ -18,6 +18,7 @@ from gateway.caller import Caller
 from gateway.errors import GatewayError, StoreUnavailable, problem_bytes
 from gateway.identity.credentials import api_key_from_headers
 from gateway.metering.charge import Charge
+from gateway.metering.journal import JournalEntry
 from gateway.metering.verdict import Decision
 from gateway.proxy.forward import Outcome, Receive, Send, StreamAborted, UpstreamFailed, forward
 from gateway.proxy.headers import Forwarding, has_body, request_headers
@@ -167,8 +168,14 @@ class GatewayApp:
             return await charge.admit(idempotent)
         except StoreUnavailable:
             if routing.rules.store_failure == "open":
-                # Admit uncharged and count it (SPEC §8); the journal replay comes later.
+                # Admit, and journal the usage for replay once Redis is back (SPEC §8).
                 self.metrics.fail_open.labels("open").inc()
+                caller = charge.caller
+                self.runtime.journal.record(JournalEntry(
+                    rid=charge.request_id, user=caller.user, workspace=caller.workspace,
+                    key_id=caller.key_id, test=caller.test, meter=charge.weight.meter.name,
+                    units=charge.units, route=charge.route, ts_ms=int(time.time() * 1000)))
+                self.metrics.journal_backlog.set(len(self.runtime.journal))
                 return Decision(admitted=True, units=charge.units)
             self.metrics.fail_open.labels("closed").inc()
             raise

@@ -24,6 +24,9 @@ class Settings:
     drain_timeout_s: float = 30.0
     access_log: bool = True
     max_upstream_connections: int = 1000
+    # Requests admitted while the store was down (store_failure: open); "" = memory only.
+    journal_path: str = "gateway-journal.jsonl"
+    journal_replay_interval_s: float = 1.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -36,6 +39,7 @@ class Settings:
             "key_cache_ttl_s": min(float(env.get("GATEWAY_KEY_CACHE_TTL_S", "2")), 5.0),
             "drain_timeout_s": float(env.get("GATEWAY_DRAIN_TIMEOUT_S", "30")),
             "access_log": env.get("GATEWAY_ACCESS_LOG", "1") not in ("0", "false", "no"),
+            "journal_path": env.get("GATEWAY_JOURNAL_PATH", "gateway-journal.jsonl"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -61,5 +61,8 @@ class Metrics:
         self.fail_open = Counter(
             "gateway_store_failure_decisions", "Requests decided without the store",
             ["policy"], registry=r)
-        self.key_cache = Counter(
-            "gateway_key_cache_lookups", "API key cache lookups", ["result"], registry=r)
+        self.journal_backlog = Gauge(
+            "gateway_journal_backlog", "Fail-open requests waiting to be replayed into Redis",
+            registry=r)
+        self.journal_replayed = Counter(
+            "gateway_journal_replayed", "Fail-open requests replayed into Redis", registry=r)

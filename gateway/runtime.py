@@ -5,6 +5,8 @@ reload, so an in-flight request keeps the rules it started with.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from gateway.identity.cache import KeyCache
 from gateway.identity.forwarded import ForwardedFor
 from gateway.identity.registry import KeyRegistry
 from gateway.metering.engine import MeteringEngine
+from gateway.metering.journal import Journal
 from gateway.metering.ledger import Ledger
 from gateway.metering.plans import PlanTables
 from gateway.metrics import Metrics
@@ -98,6 +101,8 @@ class Runtime:
         self.engine = MeteringEngine(self.store, clock_ms=clock_ms,
                                      observe_store=self._observe_store)
         self.ledger = Ledger(self.store, self.engine.scripts)
+        self.journal = Journal(settings.journal_path or None)
+        self._replayer: asyncio.Task[None] | None = None
         self.clock_ms = clock_ms
         self.ready = False
 
@@ -112,12 +117,39 @@ class Runtime:
 
     async def start(self) -> None:
         log.info("store: %s", self.store.description)
+        self._replayer = asyncio.get_running_loop().create_task(self._replay_journal())
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+        await self.replay_journal()  # last chance; what is left stays in the file
         await self.transport.aclose()
         await self.store.close()
+
+    async def replay_journal(self) -> int:
+        """Replay fail-open usage into the store; returns how many requests were."""
+        if not len(self.journal):
+            return 0
+        routing = self.routing
+        done = await self.journal.replay(self.engine, routing.rules, routing.tables,
+                                         on_replayed=self.metrics.journal_replayed.inc)
+        self.metrics.journal_backlog.set(len(self.journal))
+        if done:
+            log.info("replayed %d fail-open requests into the store; %d left", done,
+                     len(self.journal))
+        return done
+
+    async def _replay_journal(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.journal_replay_interval_s)
+            try:
+                await self.replay_journal()
+            except Exception:  # the loop must outlive any one bad entry
+                log.exception("journal replay failed")
 
     def reload(self, path: str | None = None) -> list[str]:
         """Load rules again; on any problem keep the old rules and return the problems."""

@@ -64,6 +64,7 @@ async def running_gateway(
     **settings: object,
 ) -> AsyncIterator[RunningGateway]:
     rules = parse_rules(rules_text, filename="test-rules.yaml")
+    settings.setdefault("journal_path", "")  # memory only, unless a test names a file
     config = Settings.from_env(host="127.0.0.1", port=0, admin_host="127.0.0.1",
                                admin_port=0, admin_token=ADMIN_TOKEN, access_log=False,
                                redis_url=store_url, **settings)

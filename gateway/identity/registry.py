@@ -86,7 +86,7 @@ class KeyRegistry:
 
     async def lookup_digest(self, digest: str) -> ApiKey | None:
         """The key whose secret hashes to `digest`, or None. One store round trip."""
-        raw = await self.store.call(self.store.client.hgetall(RECORD_PREFIX + digest))
+        raw = await self.store.read(lambda: self.store.client.hgetall(RECORD_PREFIX + digest))
         return _decode(raw) if raw else None
 
     async def get(self, id: str) -> ApiKey | None:

@@ -63,6 +63,7 @@ class MeteringEngine:
         request_id: str,
         idempotent: bool,
         enforce: bool,
+        replay: bool = False,
     ) -> Decision:
         """Debit `units` of `meter` from the first account that admits them."""
         legs: list[Leg] = []
@@ -85,6 +86,7 @@ class MeteringEngine:
                 self._now_arg(), units, meter, pico, tables.by_meter[meter], default_plan,
                 key_windows, BUCKETS, rid, route, caller.key_id or "", caller.user,
                 int(caller.test), int(enforce), inactive, f"k:{caller.key_id}:",
+                int(replay),
             ])
             leg = Leg.parse(account, reply)
             if leg.verdict == NO_PLAN:

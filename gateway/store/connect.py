@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.errors import StoreUnavailable
@@ -66,6 +67,18 @@ class Store:
             raise StoreUnavailable() from exc
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"store error: {type(exc).__name__}") from exc
+
+    async def read(self, make: Callable[[], Awaitable[T]], deadline_s: float | None = None
+                   ) -> T:
+        """A read, retried once on a broken connection (a pooled connection goes stale
+        when Redis restarts). Writes use `call`: a write may have run before the
+        connection broke, and money must not move twice."""
+        try:
+            return await self.call(make(), deadline_s)
+        except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, (RedisConnectionError, ConnectionError)):
+                raise
+        return await self.call(make(), deadline_s)
 
     async def ping(self) -> bool:
         try:

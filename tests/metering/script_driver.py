@@ -40,7 +40,7 @@ class Driver:
         ], args=[
             "" if now is None else str(now), units, self.meter, self.pico, self.table,
             self.default_plan, key_windows, BUCKETS, rid, route, "key1", account.id, 0,
-            int(enforce), "fallback", "k:key1:",
+            int(enforce), "fallback", "k:key1:", 0,
         ])
         return Leg.parse(account, reply)
 

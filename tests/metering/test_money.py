@@ -115,7 +115,7 @@ async def test_inactive_subscription_denied_under_deny_policy(store: Store) -> N
         USER.config_key, USER.windows_key, USER.credits_key, USER.usage_stream,
         USER.request_key("-"), USER.period_prefix,
     ], args=[str(T0), 1, "fcu", d.pico, TABLE, "free", "", 20, "", "/api/", "k", "alice", 0,
-             1, "deny", "k:k:"])
+             1, "deny", "k:k:", 0])
     assert reply[0] == 0 and reply[1] == b"SUBSCRIPTION_INACTIVE"
 
 

@@ -90,3 +90,22 @@ async def test_password_and_database_from_the_url() -> None:
             await wrong.execute("PING")
     finally:
         server.stop()
+
+
+async def test_reads_survive_a_redis_restart_but_writes_are_not_retried() -> None:
+    server = start_redis()
+    store = open_store(server.url)
+    try:
+        await store.call(store.client.set("gw:test:k", "v"))
+        server.stop()
+        server = start_redis(port=server.port)
+        # The pooled connection is stale; a read retries once on a fresh one.
+        assert await store.read(lambda: store.client.get("gw:test:k")) is None
+        server.stop()
+        server = start_redis(port=server.port)
+        with pytest.raises(StoreUnavailable):  # a write may have run: never resent
+            await store.call(store.client.incrby("gw:test:n", 1))
+        assert await store.read(lambda: store.client.get("gw:test:n")) is None
+    finally:
+        await store.close()
+        server.stop()

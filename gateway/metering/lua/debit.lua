@@ -14,6 +14,8 @@
 --       8 buckets per window   9 request id ("" = not idempotent)
 --      10 route   11 key id   12 user   13 test (0/1)   14 enforce (0 = shadow)
 --      15 inactive policy: "deny" | "fallback"     16 key-window field prefix
+--      17 replay (1: a journaled request served while the store was down; its time
+--         has passed, so no window is checked or written)
 --
 -- Reply (flat array, see gateway/metering/verdict.py):
 --  1 verdict 1 admit, 0 deny, 2 no plan (try the next account), 3 duplicate request id
@@ -141,7 +143,7 @@ local function check(spec, prefix, scope)
   end
 end
 
-if units > 0 then
+if units > 0 and ARGV[17] ~= '1' then
   check(plan_windows, sp .. 'a:', 'account')
   if string.find(key_windows, ':', 1, true) then check(key_windows, sp .. ARGV[16], 'key') end
 end

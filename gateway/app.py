@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
 
 from gateway import accesslog
+from gateway.billing.routes import build_billing_app
 from gateway.caller import Caller
 from gateway.errors import GatewayError, StoreUnavailable, problem_bytes
 from gateway.identity.credentials import api_key_from_headers
@@ -40,6 +42,7 @@ class GatewayApp:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.metrics = runtime.metrics
+        self.billing_app = build_billing_app(runtime)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -70,6 +73,10 @@ class GatewayApp:
             if path == "/usage/me":
                 route_name = path
                 status = await self._usage_me(routing, scope, headers, send)
+                return
+            if path.startswith("/billing/"):
+                route_name = "/billing/"
+                status = await self._billing(routing, scope, receive, send, path)
                 return
             route = routing.rules.route_for(path)
             if route is None:
@@ -162,6 +169,24 @@ class GatewayApp:
             (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store")]})
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return 200
+
+    async def _billing(self, routing: Routing, scope: Scope, receive: Receive, send: Send,
+                       path: str) -> int:
+        """Hand /billing/* to the billing app: the caller identified first, except for
+        Stripe's webhook (authenticated by its signature)."""
+        inner: Scope = {**scope, "path": path, "raw_path": path.encode()}
+        if path != "/billing/webhook":
+            inner["gateway.caller"], _ = await self._identify(routing, scope, scope["headers"])
+        status = 0
+
+        async def send_status(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(dict(message))
+
+        await self.billing_app(inner, receive, send_status)
+        return status
 
     async def _admit(self, charge: Charge, routing: Routing, idempotent: bool) -> Decision:
         try:

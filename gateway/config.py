@@ -27,6 +27,10 @@ class Settings:
     # Requests admitted while the store was down (store_failure: open); "" = memory only.
     journal_path: str = "gateway-journal.jsonl"
     journal_replay_interval_s: float = 1.0
+    stripe_api_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None          # e.g. a local fake, or an egress proxy
+    stripe_meter_events_base: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -40,6 +44,10 @@ class Settings:
             "drain_timeout_s": float(env.get("GATEWAY_DRAIN_TIMEOUT_S", "30")),
             "access_log": env.get("GATEWAY_ACCESS_LOG", "1") not in ("0", "false", "no"),
             "journal_path": env.get("GATEWAY_JOURNAL_PATH", "gateway-journal.jsonl"),
+            "stripe_api_key": env.get("STRIPE_API_KEY") or None,
+            "stripe_webhook_secret": env.get("STRIPE_WEBHOOK_SECRET") or None,
+            "stripe_api_base": env.get("STRIPE_API_BASE") or None,
+            "stripe_meter_events_base": env.get("STRIPE_METER_EVENTS_BASE") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -45,6 +45,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "UPSTREAM_TIMEOUT": (504, "Upstream timed out"),
     "STORE_UNAVAILABLE": (503, "Store unavailable"),
     "BILLING_DISABLED": (503, "Billing is not configured"),
+    "PAYMENT_REQUIRED": (402, "Payment required"),
     "INVALID_PLAN": (400, "Invalid plan"),
     "RETURN_URL_NOT_ALLOWED": (400, "return_url not in allow-list"),
     "STRIPE_UNAVAILABLE": (502, "Stripe unavailable"),

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from gateway.billing.stripe_client import build_stripe_client
 from gateway.config import Settings
 from gateway.identity.cache import KeyCache
 from gateway.identity.forwarded import ForwardedFor
@@ -102,6 +103,7 @@ class Runtime:
                                      observe_store=self._observe_store)
         self.ledger = Ledger(self.store, self.engine.scripts)
         self.journal = Journal(settings.journal_path or None)
+        self.stripe = build_stripe_client(settings)
         self._replayer: asyncio.Task[None] | None = None
         self.clock_ms = clock_ms
         self.ready = False

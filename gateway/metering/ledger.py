@@ -49,6 +49,47 @@ class Ledger:
         return {"scope": account.scope, "id": account.id, "plan": plan, "status": "active",
                 "source": source}
 
+    async def apply_subscription(
+        self,
+        account: Account,
+        *,
+        plan: str,
+        status: str,
+        period_start_ms: int,
+        period_end_ms: int,
+        past_due_until_ms: int | None = None,
+        cancel_at_period_end: bool = False,
+        subscription_id: str = "",
+        billing_cycle: str = "",
+    ) -> None:
+        """Record a Stripe subscription's current state (from a webhook's re-fetch).
+
+        The debit script reads plan, status, past_due_until and the period from here, so
+        this one write changes what the account may do, atomically.
+        """
+        mapping: dict[str, str | int] = {
+            "plan": plan, "status": status, "source": "stripe",
+            "period_start": period_start_ms, "period_end": period_end_ms,
+            "cancel_at_period_end": int(cancel_at_period_end),
+            "stripe_subscription": subscription_id, "billing_cycle": billing_cycle,
+        }
+        if past_due_until_ms is not None:
+            mapping["past_due_until"] = past_due_until_ms
+        await self.store.call(self.store.client.hset(account.config_key, mapping=mapping))
+        if past_due_until_ms is None:
+            await self.store.call(self.store.client.hdel(account.config_key,
+                                                         "past_due_until"))
+
+    async def set_budget(self, account: Account, *, cap_micro: int, hard_cap: bool) -> None:
+        """Monthly budget cap: spend = credits consumed + overage this period."""
+        await self.store.call(self.store.client.hset(account.config_key, mapping={
+            "cap_micro": cap_micro, "hard_cap": int(hard_cap)}))
+
+    async def config(self, account: Account) -> dict[str, str]:
+        """The account's config hash, decoded (plan, status, period, budget, Stripe ids)."""
+        raw = await self.store.read(lambda: self.store.client.hgetall(account.config_key))
+        return {_s(k): _s(v) for k, v in raw.items()}
+
     async def clear_plan(self, account: Account) -> None:
         await self.store.call(self.store.client.hdel(
             account.config_key, "plan", "status", "source", "period_start", "period_end",

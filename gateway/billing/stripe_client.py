@@ -1,0 +1,56 @@
+"""The one Stripe client of a process, and the boundary where Stripe's errors end.
+
+`STRIPE_API_BASE` / `STRIPE_METER_EVENTS_BASE` point the SDK elsewhere (`base_addresses`):
+at a local fake in tests, or through an operator's egress proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import stripe
+from stripe._base_address import BaseAddresses
+
+from gateway.config import Settings
+from gateway.errors import GatewayError
+
+
+def build_stripe_client(settings: Settings) -> stripe.StripeClient | None:
+    """The process's Stripe client, or None when billing is not configured."""
+    if not settings.stripe_api_key:
+        return None
+    bases: BaseAddresses = {}
+    if settings.stripe_api_base:
+        bases["api"] = settings.stripe_api_base
+    if settings.stripe_meter_events_base:
+        bases["meter_events"] = settings.stripe_meter_events_base
+    return stripe.StripeClient(
+        settings.stripe_api_key,
+        base_addresses=bases,
+        # Async requests go through httpx (the SDK's async client); retries are the SDK's
+        # own, with idempotency keys, so a retried create never happens twice.
+        http_client=stripe.HTTPXClient(),
+        max_network_retries=2,
+    )
+
+
+def require_stripe(client: stripe.StripeClient | None) -> stripe.StripeClient:
+    if client is None:
+        raise GatewayError("BILLING_DISABLED",
+                           "billing is not configured on this gateway (STRIPE_API_KEY)")
+    return client
+
+
+@contextmanager
+def stripe_errors() -> Iterator[None]:
+    """Translate Stripe failures into 502 STRIPE_UNAVAILABLE with a retry hint."""
+    try:
+        yield
+    except stripe.StripeError as exc:
+        status = getattr(exc, "http_status", None)
+        raise GatewayError(
+            "STRIPE_UNAVAILABLE",
+            f"Stripe did not complete the request ({type(exc).__name__}"
+            f"{f', HTTP {status}' if status else ''}); nothing was changed, retry later",
+            headers={"Retry-After": "5"}, retry_after=5) from exc

@@ -19,6 +19,7 @@ from gateway.billing.routes import build_billing_app
 from gateway.caller import Caller
 from gateway.errors import GatewayError, StoreUnavailable, problem_bytes
 from gateway.identity.credentials import api_key_from_headers
+from gateway.identity.forwarded import ClientInfo
 from gateway.metering.charge import Charge
 from gateway.metering.journal import JournalEntry
 from gateway.metering.verdict import Decision
@@ -82,9 +83,10 @@ class GatewayApp:
             if route is None:
                 raise GatewayError("NO_ROUTE", f"no route for {path}")
             route_name = route.name
-            caller, client_ip = await self._identify(routing, scope, headers)
+            client = _client(routing, scope, headers)
+            caller = await self._identify(routing, client, headers)
             entry.update(user=caller.user, workspace=caller.workspace, key=caller.key_id,
-                         client=client_ip)
+                         client=client.ip)
             weight = routing.rules.weigh(method, path)
             charge = Charge(self.runtime.engine, self.metrics, routing.rules, routing.tables,
                             caller, weight, route_name, request_id)
@@ -99,7 +101,7 @@ class GatewayApp:
                 if decision.shadow_code:
                     entry["shadow"] = decision.shadow_code
             target = routing.targets[route.upstream.name]
-            fwd = _forwarding(routing, scope, headers)
+            fwd = _forwarding(client.trusted_peer, scope, headers)
             upstream_headers = request_headers(
                 headers, routing.header_policies[route.upstream.name], fwd,
                 caller.identity_headers())
@@ -159,7 +161,7 @@ class GatewayApp:
 
     async def _usage_me(self, routing: Routing, scope: Scope,
                         headers: list[tuple[bytes, bytes]], send: Send) -> int:
-        caller, _ = await self._identify(routing, scope, headers)
+        caller = await self._identify(routing, _client(routing, scope, headers), headers)
         if scope["method"] not in ("GET", "HEAD"):
             raise GatewayError("METHOD_NOT_ALLOWED", "use GET /usage/me",
                                headers={"Allow": "GET, HEAD"})
@@ -176,7 +178,9 @@ class GatewayApp:
         Stripe's webhook (authenticated by its signature)."""
         inner: Scope = {**scope, "path": path, "raw_path": path.encode()}
         if path != "/billing/webhook":
-            inner["gateway.caller"], _ = await self._identify(routing, scope, scope["headers"])
+            headers = scope["headers"]
+            inner["gateway.caller"] = await self._identify(
+                routing, _client(routing, scope, headers), headers)
         status = 0
 
         async def send_status(message: MutableMapping[str, Any]) -> None:
@@ -206,46 +210,38 @@ class GatewayApp:
             raise
 
     async def _identify(
-        self, routing: Routing, scope: Scope, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[Caller, str]:
-        peer = scope.get("client")
-        peer_ip = peer[0] if peer else None
-        client = routing.forwarded.client(peer_ip, headers)
+        self, routing: Routing, client: ClientInfo, headers: list[tuple[bytes, bytes]]
+    ) -> Caller:
         secret = api_key_from_headers(headers, routing.key_headers)
         if secret is None:
-            caller = _trusted_caller(routing, client.trusted_peer, headers)
-            if caller is None:
+            # No key: a trusted proxy may assert who the caller is.
+            asserted = None
+            if client.trusted_peer and routing.user_header is not None:
+                asserted = routing.forwarded.trusted_identity(
+                    client.peer_ip, headers, routing.user_header, routing.workspace_header)
+            if asserted is None:
                 raise GatewayError("UNAUTHENTICATED", "send an API key in "
                                    + " or ".join(routing.rules.identity.api_key_headers))
-            return caller, client.ip
+            return Caller(user=asserted[0], workspace=asserted[1], key_id=None)
         key = await self.runtime.key_cache.resolve(secret)
         if key is None:
             raise GatewayError("UNAUTHENTICATED", "unknown API key")
         if key.revoked:
             raise GatewayError("KEY_REVOKED", f"API key {key.id} was revoked")
         return Caller(user=key.user, workspace=key.workspace, key_id=key.id, role=key.role,
-                      test=key.test, key_limit=key.limit, key_window_s=key.window_s), client.ip
+                      test=key.test, key_limit=key.limit, key_window_s=key.window_s)
 
 
-def _trusted_caller(
-    routing: Routing, trusted: bool, headers: list[tuple[bytes, bytes]]
-) -> Caller | None:
-    """Identity asserted by a trusted proxy in the configured headers, if any."""
-    if not trusted or routing.user_header is None:
-        return None
-    user = workspace = None
-    for name, value in headers:
-        if name == routing.user_header:
-            user = value.decode("latin-1").strip()
-        elif name == routing.workspace_header:
-            workspace = value.decode("latin-1").strip() or None
-    return Caller(user=user, workspace=workspace, key_id=None) if user else None
+def _client(routing: Routing, scope: Scope, headers: list[tuple[bytes, bytes]]) -> ClientInfo:
+    """Who connected, and whether their forwarding headers are to be believed: once."""
+    peer = scope.get("client")
+    return routing.forwarded.client(peer[0] if peer else None, headers)
 
 
-def _forwarding(routing: Routing, scope: Scope, headers: list[tuple[bytes, bytes]]) -> Forwarding:
+def _forwarding(trusted: bool, scope: Scope, headers: list[tuple[bytes, bytes]]) -> Forwarding:
+    """The forwarding headers to send upstream (a trusted peer's are extended)."""
     peer = scope.get("client")
     peer_ip = peer[0] if peer else "unknown"
-    trusted = routing.forwarded.is_trusted(peer_ip)
     prior_for = proto = fhost = host = None
     for name, value in headers:
         if name == b"host":

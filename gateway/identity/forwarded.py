@@ -28,6 +28,7 @@ class ClientInfo:
     proto: str | None       # from X-Forwarded-Proto, trusted peers only
     host: str | None        # from X-Forwarded-Host, trusted peers only
     trusted_peer: bool      # the direct peer is a configured proxy
+    peer_ip: str | None = None  # the direct peer (the proxy, when trusted)
 
 
 class ForwardedFor:
@@ -49,7 +50,7 @@ class ForwardedFor:
     def client(self, peer_ip: str | None, headers: Headers) -> ClientInfo:
         """The client address, protocol and host for a request from `peer_ip`."""
         if not self.is_trusted(peer_ip):
-            return ClientInfo(peer_ip or "unknown", None, None, False)
+            return ClientInfo(peer_ip or "unknown", None, None, False, peer_ip)
         xff: list[bytes] = []
         proto = host = None
         for name, value in headers:
@@ -65,6 +66,7 @@ class ForwardedFor:
             proto if proto in _PROTOS else None,
             host or None,
             True,
+            peer_ip,
         )
 
     def trusted_identity(

@@ -19,14 +19,14 @@ def test_untrusted_peer_is_the_client_whatever_it_claims() -> None:
     info = PROXIES.client("203.0.113.7", h(x_forwarded_for="1.1.1.1",
                                            x_forwarded_proto="https",
                                            x_forwarded_host="evil.example"))
-    assert info == ClientInfo("203.0.113.7", None, None, False)
+    assert info == ClientInfo("203.0.113.7", None, None, False, "203.0.113.7")
 
 
 def test_trusted_peer_single_hop() -> None:
     info = PROXIES.client("10.1.2.3", h(x_forwarded_for="198.51.100.9",
                                         x_forwarded_proto="HTTPS",
                                         x_forwarded_host="api.example"))
-    assert info == ClientInfo("198.51.100.9", "https", "api.example", True)
+    assert info == ClientInfo("198.51.100.9", "https", "api.example", True, "10.1.2.3")
 
 
 def test_multi_hop_skips_trusted_hops_right_to_left() -> None:
@@ -45,7 +45,8 @@ def test_all_hops_trusted_gives_the_leftmost() -> None:
 
 
 def test_trusted_peer_without_xff_is_the_client() -> None:
-    assert PROXIES.client("127.0.0.1", []) == ClientInfo("127.0.0.1", None, None, True)
+    assert PROXIES.client("127.0.0.1", []) == ClientInfo("127.0.0.1", None, None, True,
+                                                         "127.0.0.1")
 
 
 def test_ipv6_peers_and_hops() -> None:

@@ -288,3 +288,25 @@ async def test_head_request_passes(gw: RunningGateway) -> None:
     assert r.status_code == 200
     assert r.headers["content-length"] == str(1 << 20)
     assert r.content == b""
+
+
+async def test_identity_headers_are_believed_only_from_trusted_proxies(
+    upstream: RecordingUpstream,
+) -> None:
+    rules = BASE_RULES.format(upstream=upstream.url, timeout="1s").replace(
+        "  trusted_proxies: [10.9.9.0/24]",
+        "  trusted_proxies: [127.0.0.1/32]\n"
+        "  trusted_identity_headers: {user: X-Gateway-User, workspace: X-Gateway-Workspace}")
+    async with running_gateway(rules) as gw, client(gw.url) as c:
+        asserted = await c.get("/api/echo", headers={"X-Gateway-User": "erin",
+                                                     "X-Gateway-Workspace": "acme"})
+        twice = await c.get("/api/echo", headers=[("X-Gateway-User", "erin"),
+                                                  ("X-Gateway-User", "mallory")])
+    assert asserted.status_code == 200
+    got = upstream.requests[-1]
+    assert (got.header("x-gateway-user"), got.header("x-gateway-workspace")) == ("erin", "acme")
+    assert twice.status_code == 401  # ambiguous: the proxy should have replaced the header
+    untrusted_rules = rules.replace("127.0.0.1/32", "10.9.9.0/24")
+    async with running_gateway(untrusted_rules) as gw, client(gw.url) as c:
+        refused = await c.get("/api/echo", headers={"X-Gateway-User": "erin"})
+    assert refused.status_code == 401

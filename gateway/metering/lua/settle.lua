@@ -32,21 +32,19 @@ local delta = actual - units
 local d_q, d_c, d_cm, d_o, d_om, d_g = 0, 0, 0, 0, 0, 0
 if delta < 0 then
   -- Give back in the reverse of the payment order: grace, overage, credits, quota.
+  -- A money pool gives back units and the exact difference in micro-USD: the price of
+  -- what it keeps, rounded up as when it was charged, minus what it charged.
   local back = -delta
-  local take = math.min(back, g); d_g = -take; back = back - take
-  take = math.min(back, o)
-  if take > 0 then
-    d_o = -take
-    d_om = ceil_div((o - take) * pico, 1000000) - om
+  local function give_back(units_held, micro_held)
+    local take = math.min(back, units_held)
     back = back - take
+    if micro_held == nil or take == 0 then return -take, 0 end
+    return -take, ceil_div((units_held - take) * pico, 1000000) - micro_held
   end
-  take = math.min(back, c)
-  if take > 0 then
-    d_c = -take
-    d_cm = ceil_div((c - take) * pico, 1000000) - cm
-    back = back - take
-  end
-  take = math.min(back, q); d_q = -take
+  d_g = give_back(g)
+  d_o, d_om = give_back(o, om)
+  d_c, d_cm = give_back(c, cm)
+  d_q = give_back(q)
 elseif delta > 0 then
   -- The work is done: charge it. Quota, then credits, then overage; what no pool can
   -- pay is booked against the quota (used beyond its total), so the next request is

@@ -65,9 +65,9 @@ class GatewayApp:
                                  "path": scope.get("path", "")}
         route_name = "-"
         outcome: Outcome | None = None
-        charge: Charge | None = None
         code = "OK"
         status = 0
+        self.metrics.in_flight.inc()
         try:
             path = normalise_path(scope.get("raw_path") or scope["path"].encode())
             entry["path"] = path
@@ -105,29 +105,24 @@ class GatewayApp:
             upstream_headers = request_headers(
                 headers, routing.header_policies[route.upstream.name], fwd,
                 caller.identity_headers())
-            upstream_headers.append((b"x-request-id", request_id.encode()))
+            if not client_request_id:  # the client's own passes through as it is
+                upstream_headers.append((b"x-request-id", request_id.encode()))
             t0 = time.perf_counter()
+            # Whatever happens, the charge is closed once: refunded, settled or kept.
             try:
                 outcome = await forward(
                     self.runtime.transport, target, scope, receive, send,
                     method=method, path=path, headers=upstream_headers,
                     with_body=has_body(headers), extra_headers=extra,
-                    observer=charge.observer if charge else None,
+                    observer=charge.observer,
                 )
             except UpstreamFailed:
-                if charge is not None:
-                    await charge.close(None, upstream_failed=True)
-                    charge = None
+                await charge.close(None, upstream_failed=True)
                 raise
             except StreamAborted:
-                if charge is not None:
-                    outcome = Outcome(upstream_broken=True)
-                    await charge.close(outcome, upstream_failed=False)
-                    charge = None
+                await charge.close(Outcome(upstream_broken=True), upstream_failed=False)
                 raise
-            if charge is not None:
-                await charge.close(outcome, upstream_failed=False)
-                charge = None
+            await charge.close(outcome, upstream_failed=False)
             self.metrics.upstream_latency.labels(target.name).observe(time.perf_counter() - t0)
             status = outcome.upstream_status
             if outcome.client_disconnected:
@@ -150,6 +145,7 @@ class GatewayApp:
                                                    f"gateway log for request {request_id}"),
                                 request_id, best_effort=True)
         finally:
+            self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
             verdict = "admit" if code in ("OK", "CLIENT_DISCONNECTED") else "reject"
             self.metrics.requests.labels(route_name, verdict, code).inc()

@@ -25,7 +25,8 @@ class Metrics:
             "gateway_request_duration_seconds", "Time from request to end of response",
             ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.upstream_latency = Histogram(
-            "gateway_upstream_duration_seconds", "Time to upstream response headers",
+            "gateway_upstream_duration_seconds",
+            "Time forwarding to the upstream, until its response has been relayed",
             ["upstream"], buckets=LATENCY_BUCKETS, registry=r)
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Upstream failures by kind",
@@ -66,3 +67,10 @@ class Metrics:
             registry=r)
         self.journal_replayed = Counter(
             "gateway_journal_replayed", "Fail-open requests replayed into Redis", registry=r)
+        # Budget alerts (gateway/billing/alerts.py).
+        self.budget_alerts_sent = Counter(
+            "gateway_budget_alerts_sent", "Budget alerts delivered by threshold and channel",
+            ["threshold", "channel"], registry=r)
+        self.budget_alert_failures = Counter(
+            "gateway_budget_alert_failures", "Budget alert deliveries that failed (retried "
+            "next round)", ["threshold", "channel"], registry=r)

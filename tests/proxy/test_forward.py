@@ -310,3 +310,19 @@ async def test_identity_headers_are_believed_only_from_trusted_proxies(
     async with running_gateway(untrusted_rules) as gw, client(gw.url) as c:
         refused = await c.get("/api/echo", headers={"X-Gateway-User": "erin"})
     assert refused.status_code == 401
+
+
+async def test_request_id_reaches_the_upstream_once_and_in_flight_returns_to_zero(
+    gw: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    key = await gw.new_key()
+    async with client(gw.url) as c:
+        mine = await c.get("/api/echo", headers={"X-Api-Key": key, "X-Request-Id": "abc-1"})
+        theirs = await c.get("/api/echo", headers={"X-Api-Key": key})
+        metrics = (await c.get(gw.admin_url + "/metrics")).text
+    sent = [r.header_names().count("x-request-id") for r in upstream.requests[-2:]]
+    assert sent == [1, 1]
+    assert upstream.requests[-2].header("x-request-id") == "abc-1"
+    assert mine.headers["x-request-id"] == "abc-1"
+    assert upstream.requests[-1].header("x-request-id") == theirs.headers["x-request-id"]
+    assert "gateway_requests_in_flight 0.0" in metrics

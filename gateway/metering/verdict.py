@@ -51,6 +51,7 @@ class Leg:
     plan: str
     money_ok: bool
     window_scope: str
+    period_end_ms: int = 0
 
     @classmethod
     def parse(cls, account: Account, reply: list[Any]) -> Leg:
@@ -58,7 +59,8 @@ class Leg:
         return cls(account, int(n[0]), _s(n[1]), bool(int(n[2])), int(n[3]), int(n[4]),
                    int(n[5]), int(n[6]), int(n[7]), int(n[8]), int(n[9]), int(n[10]),
                    int(n[11]), int(n[12]), int(n[13]), int(n[14]), _s(n[15]), int(n[16]),
-                   _s(n[17]), bool(int(n[18])), _s(n[19]))
+                   _s(n[17]), bool(int(n[18])), _s(n[19]),
+                   int(n[20]) if len(n) > 20 else 0)
 
     @property
     def only_throughput(self) -> bool:
@@ -119,9 +121,13 @@ def refuse(legs: list[Leg], upgrade_url: str | None, top_up_url: str | None) -> 
     for code in MONEY_CODES:
         for leg in reversed(legs):  # the user's leg (the last resort) speaks first
             if leg.code == code:
+                # A quota comes back with the next period: say when.
+                reset = (max(0, math.ceil((leg.period_end_ms - leg.now_ms) / 1000))
+                         if code in ("QUOTA_EXHAUSTED", "BUDGET_HARD_CAP_HIT")
+                         and leg.period_end_ms else None)
                 return GatewayError(
                     code, _money_detail(leg), scope=_scope(leg),
-                    remaining=leg.quota_remaining, period=leg.period,
+                    remaining=leg.quota_remaining, period=leg.period, reset=reset,
                     top_up_url=top_up_url if code != "SUBSCRIPTION_INACTIVE" else None,
                     upgrade_url=upgrade_url)
     leg = legs[-1]

@@ -142,6 +142,7 @@ async def test_quota_exhausted_is_402_and_cost_beyond_any_window_is_413(
     assert money.status_code == 402
     assert money.json()["code"] == "QUOTA_EXHAUSTED"
     assert money.json()["scope"] == "user"
+    assert 0 < money.json()["reset"] <= 31 * 86400  # seconds until the quota comes back
     assert "retry-after" not in money.headers
     assert huge.status_code == 413
     assert huge.json()["code"] == "COST_EXCEEDS_LIMIT"

@@ -136,6 +136,7 @@ async def test_quota_counters_roll_over_at_the_utc_month_boundary(store: Store) 
     assert (await d.debit(USER, 100, end_of_nov)).code != ""     # exhausted (grace 10)
     december = await d.debit(USER, 100, end_of_nov + 1)
     assert (december.verdict, december.period, december.quota_remaining) == (1, "2026-12", 0)
+    assert december.period_end_ms == ms(2027, 1, 1)
     assert (await d.debit(USER, 1, ms(2027, 1, 1))).period == "2027-01"
     assert (await d.debit(USER, 1, ms(2028, 2, 29, 12))).period == "2028-02"
 

@@ -22,7 +22,7 @@
 --  2 code    3 throughput_ok  4 retry_after_ms  5 limit  6 remaining  7 reset_ms
 --  8 window_ms  9 quota units  10 credit units  11 credit micro  12 overage units
 --  13 overage micro  14 grace units  15 quota remaining  16 period  17 now_ms  18 plan
---  19 money_ok  20 scope of the binding window ("account" | "key")
+--  19 money_ok  20 scope of the binding window ("account" | "key")  21 period end ms
 
 local acct_key, win_key, credits_key, stream_key, rid_key, period_prefix =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -64,7 +64,7 @@ end
 if inactive and ARGV[15] == 'fallback' then plan = nil; inactive = false end
 if not plan then
   if ARGV[6] == '' then
-    return {2, 'NO_PLAN', 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '', now, '', 1, 'account'}
+    return {2, 'NO_PLAN', 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '', now, '', 1, 'account', 0}
   end
   plan = ARGV[6]
 end
@@ -93,7 +93,7 @@ if fields[6] and fields[6] ~= '-' then key_windows = key_windows .. ',' .. field
 -- Shadow mode keeps counters of its own ("s"-prefixed windows and quota), so its
 -- would-be decisions evolve as enforcement would, while nothing real is charged.
 local sp = enforce and '' or 's'
-local period = period_at(now, tonumber(acct[4] or ''), tonumber(acct[5] or ''))
+local period, _, period_end = period_at(now, tonumber(acct[4] or ''), tonumber(acct[5] or ''))
 local period_key = period_prefix .. period
 
 -- Throughput: sliding windows of `buckets` sub-buckets each (see docs/metering.md).
@@ -200,7 +200,7 @@ end
 local q_remaining = math.max(q_total - q_used - take_q, 0)
 local reply = {0, code, throughput_ok and 1 or 0, retry_ms, g_limit, g_remaining, g_reset,
   g_window, take_q, take_c, cm, take_o, om, take_g, q_remaining, period, now, plan,
-  money_ok and 1 or 0, g_scope}
+  money_ok and 1 or 0, g_scope, period_end}
 if code ~= '' then
   return reply  -- a denial writes nothing
 end

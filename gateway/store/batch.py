@@ -7,8 +7,8 @@ one read, while every caller still waits only for its own reply. A lone request 
 delayed (the flush runs on the next loop iteration), and each call is still exactly
 one Redis round trip.
 
-Works for every store redis-py pipelines: single Redis, Sentinel, Cluster (the pipeline
-groups commands by node) and the embedded store.
+Used for Sentinel and the embedded store; a single Redis has the leaner pipe.py, and a
+Cluster runs scripts as direct calls (redis-py refuses EVALSHA in cluster pipelines).
 """
 
 from __future__ import annotations
@@ -60,10 +60,11 @@ class ScriptBatcher:
                 again = await self._send([batch[i] for i in missing])
                 for i, r in zip(missing, again, strict=True):
                     results[i] = r
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # whatever broke, no caller may be left waiting
             for *_, future in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(exc if isinstance(exc, (RedisError, OSError))
+                                         else RedisError(f"script batch failed: {exc!r}"))
             return
         for (*_, future), result in zip(batch, results, strict=True):
             if future.done():  # the caller gave up (deadline); its reply is dropped

@@ -51,9 +51,13 @@ class Store:
     def run_script(self, script: Any, keys: Sequence[Any], args: Sequence[Any]
                    ) -> Awaitable[Any]:
         """EVALSHA a registered script on the hot path, pipelined with concurrent calls:
-        over the lean connection for a single Redis (pipe.py), else redis-py (batch.py)."""
+        over the lean connection for a single Redis (pipe.py), else redis-py (batch.py);
+        on a Cluster, one call per script, routed to the account's slot."""
         if self.pipe is not None:
             return self.pipe.evalsha(script, keys, args)
+        if self.cluster:
+            # Routed by the keys' slot; redis-py reloads the script on NOSCRIPT.
+            return script(keys=keys, args=args)  # type: ignore[no-any-return]
         if self._batcher is None:
             self._batcher = ScriptBatcher(self.client)
         return self._batcher.call(script, keys, args)

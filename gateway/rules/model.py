@@ -20,6 +20,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PICO_PER_MICRO = 1_000_000
 DEFAULT_API_KEY_HEADERS: tuple[str, ...] = ("x-api-key", "authorization")
+DEFAULT_TOPUP_TIERS: Mapping[str, Decimal] = MappingProxyType(
+    {"small": Decimal(5), "medium": Decimal(25), "large": Decimal(100)})
+TOPUP_MIN_USD = Decimal(3)
+TOPUP_MAX_USD = Decimal(10_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +143,13 @@ class BillingConfig:
     return_url_allowlist: tuple[str, ...] = ()
     past_due_grace_s: int = 0
     inactive: Literal["deny", "fallback"] = "fallback"
+    # Where Stripe Checkout sends the payer back (default: upgrade_url). For top-ups,
+    # top_up_url is preferred when set.
+    checkout_success_url: str | None = None
+    checkout_cancel_url: str | None = None
+    # Named prepaid top-ups: tier -> USD (whole cents, $3-$10,000).
+    topup_tiers: Mapping[str, Decimal] = field(
+        default_factory=lambda: MappingProxyType(dict(DEFAULT_TOPUP_TIERS)))
 
 
 @dataclass(frozen=True, slots=True)

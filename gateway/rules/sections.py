@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from decimal import Decimal
+from types import MappingProxyType
 
 import yaml
 
 from gateway.rules.model import (
     DEFAULT_API_KEY_HEADERS,
+    DEFAULT_TOPUP_TIERS,
+    TOPUP_MAX_USD,
+    TOPUP_MIN_USD,
     BillingConfig,
     Defaults,
     IdentityConfig,
@@ -121,14 +126,18 @@ def read_defaults(r: Reader, node: yaml.Node, declared_plans: set[str]) -> Defau
 def read_billing(r: Reader, node: yaml.Node) -> BillingConfig | None:
     loc = "billing"
     f = r.mapping(node, loc, ("top_up_url", "upgrade_url", "return_url_allowlist",
-                              "past_due_grace", "inactive"))
+                              "past_due_grace", "inactive", "checkout_success_url",
+                              "checkout_cancel_url", "topup_tiers"))
     if f is None:
         return None
     before = len(r.problems)
     urls: dict[str, str] = {}
-    for key in ("top_up_url", "upgrade_url"):
+    for key in ("top_up_url", "upgrade_url", "checkout_success_url", "checkout_cancel_url"):
         if key in f and (url := r.string(f[key], child(loc, key))) is not None:
-            if (why := check_url(url)) is not None:
+            # Checkout return URLs may carry a query (Stripe fills {CHECKOUT_SESSION_ID}).
+            checked = re.split(r"[?#]", url, maxsplit=1)[0] if key.startswith("checkout_") \
+                else url
+            if (why := check_url(checked)) is not None:
                 r.error(f[key], child(loc, key), why)
             urls[key] = url
     allow: list[str] = []
@@ -150,7 +159,32 @@ def read_billing(r: Reader, node: yaml.Node) -> BillingConfig | None:
         if "past_due_grace" in f else 0
     inactive = r.choice(f["inactive"], child(loc, "inactive"), ("deny", "fallback")) \
         if "inactive" in f else "fallback"
+    tiers = _topup_tiers(r, f["topup_tiers"], child(loc, "topup_tiers")) \
+        if "topup_tiers" in f else DEFAULT_TOPUP_TIERS
     if len(r.problems) > before or grace_ms is None:
         return None
-    return BillingConfig(urls.get("top_up_url"), urls.get("upgrade_url"), tuple(allow),
-                         grace_ms // 1000, "deny" if inactive == "deny" else "fallback")
+    upgrade = urls.get("upgrade_url")
+    return BillingConfig(
+        urls.get("top_up_url"), upgrade, tuple(allow), grace_ms // 1000,
+        "deny" if inactive == "deny" else "fallback",
+        checkout_success_url=urls.get("checkout_success_url", upgrade),
+        checkout_cancel_url=urls.get("checkout_cancel_url", upgrade),
+        topup_tiers=tiers)
+
+
+def _topup_tiers(r: Reader, node: yaml.Node, loc: str) -> Mapping[str, Decimal]:
+    """`{small: 5, medium: 25}`: whole cents, within the top-up range."""
+    tiers: dict[str, Decimal] = {}
+    for _key, name, value in r.entries(node, loc) or ():
+        tloc = child(loc, name)
+        usd = r.decimal(value, tloc)
+        if usd is None:
+            continue
+        if usd != usd.quantize(Decimal("0.01")):
+            r.error(value, tloc, f"{value.value} USD is not a whole number of cents")
+        elif not TOPUP_MIN_USD <= usd <= TOPUP_MAX_USD:
+            r.error(value, tloc, f"{value.value} USD is outside the top-up range "
+                    f"${TOPUP_MIN_USD}-${TOPUP_MAX_USD:,}")
+        else:
+            tiers[name] = usd
+    return MappingProxyType(tiers)

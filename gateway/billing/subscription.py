@@ -1,0 +1,128 @@
+"""The account's subscription (read from the ledger), cancelling it, and its invoices."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gateway.billing.customers import Customers
+from gateway.billing.selfservice import context, query_account
+from gateway.billing.stripe_client import stripe_errors
+from gateway.errors import GatewayError
+from gateway.metering.accounts import Account
+
+RUNNING = frozenset({"active", "trialing"})
+ENDED = frozenset({"canceled", "incomplete_expired"})
+# Stripe's status → the one a user sees: active | trial | cancelled | past_due | unpaid.
+SHOWN = {"active": "active", "trialing": "trial", "canceled": "cancelled",
+         "incomplete_expired": "cancelled", "past_due": "past_due", "unpaid": "unpaid",
+         "incomplete": "unpaid", "paused": "unpaid"}
+INVOICE_PAGE = 100
+
+
+def shown_status(status: str, cancel_at_period_end: bool) -> str:
+    """Cancelled-but-still-paid-for shows as "cancelled" (service runs to period end)."""
+    if cancel_at_period_end and status in RUNNING:
+        return "cancelled"
+    return SHOWN.get(status, status)
+
+
+def _iso_ms(value: str | None) -> str | None:
+    if not value:
+        return None
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _iso_s(value: object) -> str | None:
+    if not isinstance(value, int):
+        return None
+    return datetime.fromtimestamp(value, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def subscription_document(account: Account, config: dict[str, str]) -> dict[str, Any] | None:
+    """What GET /billing/subscription shows, from the account's config hash; None if the
+    account has no plan of its own (it runs on the rules' default plan)."""
+    plan = config.get("plan")
+    if not plan:
+        return None
+    status = config.get("status") or "active"
+    cancel = config.get("cancel_at_period_end") == "1"
+    source = config.get("source") or "manual"
+    stripe_id = (config.get("stripe_subscription") or None) if source == "stripe" else None
+    return {
+        "plan": plan,
+        "status": shown_status(status, cancel),
+        "cancel_at_period_end": cancel,
+        "current_period_start": _iso_ms(config.get("period_start")),
+        "current_period_end": _iso_ms(config.get("period_end")),
+        "billing_cycle": (config.get("billing_cycle") or None) if stripe_id else None,
+        "scope": account.scope,
+        "source": source,
+        "subscription_id": stripe_id,
+    }
+
+
+async def read_subscription(request: Request) -> JSONResponse:
+    ctx = context(request, write=False)
+    account = query_account(request, ctx.caller)
+    doc = subscription_document(account, await ctx.runtime.ledger.config(account))
+    if doc is None:
+        raise GatewayError("NOT_FOUND", f"this {account.scope} has no subscription "
+                           "(POST /billing/checkout to start one)")
+    return JSONResponse(doc)
+
+
+async def cancel_subscription(request: Request) -> JSONResponse:
+    """Cancel at period end: Stripe first, then the ledger; service runs to period end."""
+    ctx = context(request, write=True)
+    account = query_account(request, ctx.caller)
+    ledger = ctx.runtime.ledger
+    config = await ledger.config(account)
+    # A plan an operator gave later (source manual) is not Stripe's to cancel.
+    sub_id = config.get("stripe_subscription") if config.get("source") == "stripe" else None
+    if not sub_id:
+        raise GatewayError("NOT_FOUND", f"this {account.scope} has no Stripe subscription "
+                           "to cancel" + (" (its plan was given by an operator)"
+                                          if config.get("plan") else ""))
+    if config.get("status") in ENDED:
+        raise GatewayError("CONFLICT", "the subscription has already ended")
+    with stripe_errors():
+        # Setting a flag: repeating it is harmless, so no idempotency key is needed.
+        sub = await ctx.stripe.v1.subscriptions.update_async(
+            sub_id, params={"cancel_at_period_end": True})
+    cancelling = bool(sub.to_dict().get("cancel_at_period_end", True))
+    store = ctx.runtime.store
+    # Only the flag this action changes: plan, status and period stay as the webhooks
+    # wrote them (with the grace bookkeeping), so a concurrent
+    # customer.subscription.updated is never undone; that webhook confirms it too.
+    await store.call(store.client.hset(account.config_key, "cancel_at_period_end",
+                                       int(cancelling)))
+    doc = subscription_document(account, await ledger.config(account))
+    assert doc is not None
+    return JSONResponse(doc)
+
+
+async def list_invoices(request: Request) -> JSONResponse:
+    ctx = context(request, write=False)
+    account = query_account(request, ctx.caller)
+    if ctx.caller.test:
+        # Test keys never reach Stripe; they have no invoices of their own.
+        return JSONResponse({"invoices": [], "test": True})
+    customer = await Customers(ctx.runtime.store, ctx.stripe).find(account)
+    if customer is None:
+        return JSONResponse({"invoices": []})
+    with stripe_errors():
+        page = await ctx.stripe.v1.invoices.list_async(
+            params={"customer": customer, "limit": INVOICE_PAGE})
+    invoices = []
+    for inv in page.data:
+        d = inv.to_dict()
+        invoices.append({
+            "id": d.get("id"), "number": d.get("number"), "status": d.get("status"),
+            "amount_due": d.get("amount_due"), "amount_paid": d.get("amount_paid"),
+            "currency": d.get("currency"), "hosted_invoice_url": d.get("hosted_invoice_url"),
+            "invoice_pdf": d.get("invoice_pdf"), "created": _iso_s(d.get("created"))})
+    return JSONResponse({"invoices": invoices, "has_more": bool(page.has_more)})

@@ -74,3 +74,26 @@ class Metrics:
         self.budget_alert_failures = Counter(
             "gateway_budget_alert_failures", "Budget alert deliveries that failed (retried "
             "next round)", ["threshold", "channel"], registry=r)
+        # --- Stripe usage reporting (gateway/billing/reporter.py) ---
+        self.report_backlog = Gauge(
+            "gateway_stripe_report_backlog", "Usage-stream entries not yet reported to "
+            "Stripe (pending + unread), after the last reporting round", registry=r)
+        self.report_lag = Gauge(
+            "gateway_stripe_report_lag_seconds", "Age of the oldest usage-stream entry not "
+            "yet reported to Stripe", registry=r)
+        self.report_failures = Counter(
+            "gateway_stripe_report_failures", "Stripe usage reports that did not go out "
+            "(retried next round) by reason", ["reason"], registry=r)
+        self.meter_events_sent = Counter(
+            "gateway_stripe_meter_events_sent", "Stripe meter events delivered (result: "
+            "sent, or duplicate = already held by Stripe)", ["meter", "result"], registry=r)
+        # Stripe webhooks (gateway/billing/webhooks.py, events.py).
+        self.billing_webhooks = Counter(
+            "gateway_billing_webhooks", "Stripe webhook events by type and outcome",
+            ["type", "outcome"], registry=r)
+        self.billing_webhook_problems = Counter(
+            "gateway_billing_webhook_problems", "Stripe events the gateway could not map "
+            "(unknown_customer, unknown_price, bad_topup)", ["kind"], registry=r)
+        self.billing_notifications = Counter(
+            "gateway_billing_notifications", "Billing notifications sent to accounts",
+            ["kind"], registry=r)

@@ -1,9 +1,106 @@
-"""Billing endpoints (being built): see gateway/billing/routes.py."""
+"""POST /billing/webhook: Stripe's events, verified and processed exactly once.
+
+- The Stripe-Signature header is checked on the raw body with the SDK's own verifier;
+  timestamps older than 300 s are refused (a captured delivery cannot be replayed).
+  Failures answer 400 INVALID_SIGNATURE; without STRIPE_WEBHOOK_SECRET (or
+  STRIPE_API_KEY) the endpoint answers 503 BILLING_DISABLED.
+- Exactly once by event id: `SET gw:stripe:event:<id> processing NX EX 7d` before the
+  handler, `done` after it. A second delivery (even concurrent with the first) answers
+  200 {"received": true, "duplicate": true}. When the handler fails the marker is
+  deleted and the answer is 500, so Stripe delivers the event again.
+- The handlers (`events.py`) re-fetch state from Stripe, so order does not matter.
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+import orjson
+import stripe
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from gateway.billing import events
+from gateway.errors import GatewayError
+from gateway.runtime import Runtime
+from gateway.store import Store
+
+log = logging.getLogger("gateway.billing.webhook")
+
+PATH = "/billing/webhook"
+TOLERANCE_S = 300
+EVENT_PREFIX = "gw:stripe:event:"
+MARKER_TTL_S = 7 * 24 * 3600  # longer than Stripe retries a delivery (3 days)
+MAX_BODY = 1024 * 1024
+
+
+def verify(body: bytes, header: str | None, secret: str) -> dict[str, Any]:
+    """The event in a correctly signed, recent body; GatewayError INVALID_SIGNATURE else."""
+    try:
+        stripe.WebhookSignature.verify_header(body, header, secret, TOLERANCE_S)
+    except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
+        raise GatewayError("INVALID_SIGNATURE", f"Stripe-Signature check failed: "
+                           f"{getattr(exc, 'user_message', None) or exc}") from None
+    try:
+        event = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise GatewayError("BAD_REQUEST", "the webhook body is not JSON") from None
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str) \
+            or not event["id"] or not isinstance(event.get("type"), str):
+        raise GatewayError("BAD_REQUEST", "the webhook body is not a Stripe event "
+                           "(id and type)")
+    return event
+
+
+async def receive(request: Request) -> JSONResponse:
+    runtime: Runtime = request.app.state.runtime
+    secret = runtime.settings.stripe_webhook_secret
+    client = runtime.stripe
+    if not secret or client is None:
+        raise GatewayError("BILLING_DISABLED", "Stripe webhooks are not configured on this "
+                           "gateway (STRIPE_WEBHOOK_SECRET and STRIPE_API_KEY)")
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise GatewayError("PAYLOAD_TOO_LARGE", "a Stripe event is never this large")
+    event = verify(body, request.headers.get("stripe-signature"), secret)
+    event_id, event_type = event["id"], event["type"]
+    metrics = runtime.metrics.billing_webhooks
+    label = event_type if event_type in events.HANDLERS else "other"
+    store = runtime.store
+    marker = EVENT_PREFIX + event_id
+    if not await store.call(store.client.set(marker, "processing", nx=True,
+                                             ex=MARKER_TTL_S)):
+        metrics.labels(label, "duplicate").inc()
+        return JSONResponse({"received": True, "duplicate": True})
+    try:
+        result = await events.handle(runtime, client, event)
+    except Exception as exc:
+        log.exception("stripe webhook %s (%s) failed; Stripe will retry it",
+                      event_id, event_type)
+        metrics.labels(label, "failed").inc()
+        await _forget(store, marker)
+        code = "STRIPE_UNAVAILABLE" if isinstance(exc, stripe.StripeError) else "INTERNAL"
+        raise GatewayError(code, f"event {event_id} was not processed; retry",
+                           status=500) from exc
+    except BaseException:
+        # Cancelled (the sender went away): leave no marker, so a redelivery runs.
+        await _forget(store, marker)
+        raise
+    await store.call(store.client.set(marker, "done", xx=True, ex=MARKER_TTL_S))
+    metrics.labels(label, "ignored" if result.get("ignored") else "processed").inc()
+    return JSONResponse(result)
+
+
+async def _forget(store: Store, marker: str) -> None:
+    """Delete an event's marker so Stripe's next delivery of it is processed."""
+    try:
+        await store.call(store.client.delete(marker))
+    except GatewayError:
+        log.error("could not clear %s; that event is processed again only after the "
+                  "marker expires", marker)
 
 
 def routes() -> list[Route]:
-    return []
+    return [Route(PATH, receive, methods=["POST"])]

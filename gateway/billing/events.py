@@ -1,0 +1,413 @@
+"""What each Stripe webhook event does to the ledger (the endpoint is `webhooks.py`).
+
+Handlers never trust a payload's copy of state that can change: subscriptions, checkout
+sessions and charges are re-fetched from Stripe, so events arriving out of order still
+leave the account in Stripe's current state. A handler returns the JSON body of the 200
+answer; any exception (Stripe or the store failing) makes the endpoint answer 500 so
+Stripe delivers the event again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import stripe
+
+from gateway.billing.customers import Customers
+from gateway.metering.accounts import Account, parse_scope
+from gateway.rules.model import Plan
+from gateway.runtime import Runtime
+
+log = logging.getLogger("gateway.billing.webhook")
+
+Result = dict[str, Any]
+TOPUP_PREFIX = "gw:stripe:topup:"        # + checkout session id: credits granted once
+CLAWBACK_PREFIX = "gw:stripe:clawback:"  # + charge id: micro-USD already clawed back
+MICRO_PER_CENT = 10_000
+QUOTA_REASONS = frozenset({"subscription_create", "subscription_cycle"})
+ENDED = frozenset({"canceled", "incomplete_expired"})
+LIVE = frozenset({"active", "trialing", "past_due"})
+NOTIFY_TIMEOUT_S = 3.0
+
+# Raise the clawed-back total of one charge to ARGV[1] and return the increase (0 when a
+# refund event for this amount, or a later one, was already applied): atomic per charge,
+# so two refund events processed at once never claw back twice.
+CLAWBACK_LUA = """
+local prev = tonumber(redis.call('GET', KEYS[1]) or '0')
+local target = tonumber(ARGV[1])
+if target <= prev then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return target - prev
+"""
+
+RECEIVED: Result = {"received": True}
+
+
+def ignored(reason: str) -> Result:
+    return {"received": True, "ignored": True, "reason": reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    """One event being handled: the runtime, its Stripe client and the event's type."""
+
+    runtime: Runtime
+    stripe: stripe.StripeClient
+    event_type: str
+
+    @property
+    def customers(self) -> Customers:
+        return Customers(self.runtime.store, self.stripe)
+
+    def now_ms(self) -> int:
+        clock = self.runtime.clock_ms
+        return clock() if clock is not None else int(time.time() * 1000)
+
+    def problem(self, kind: str) -> None:
+        self.runtime.metrics.billing_webhook_problems.labels(kind).inc()
+
+
+def _get(obj: Mapping[str, Any] | None, *path: str) -> Any:
+    """obj[a][b]…, or None where anything along the way is missing."""
+    node: Any = obj
+    for part in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _id(value: Any) -> str | None:
+    """An id field that may be expanded into an object."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def account_from_metadata(metadata: Any) -> Account | None:
+    scope, ident = _get(metadata, "gateway_scope"), _get(metadata, "gateway_id")
+    if not isinstance(scope, str) or not isinstance(ident, str) or not ident:
+        return None
+    try:
+        return Account(parse_scope(scope), ident)
+    except ValueError:
+        return None
+
+
+async def resolve_account(ctx: Ctx, customer: str | None, *metadatas: Any) -> Account | None:
+    """The account of a Stripe customer (reverse index), else gateway_scope/gateway_id."""
+    if customer:
+        account = await ctx.customers.account_for(customer)
+        if account is not None:
+            return account
+    for metadata in metadatas:
+        account = account_from_metadata(metadata)
+        if account is not None:
+            return account
+    return None
+
+
+def plan_for_price(plans: Mapping[str, Plan], price: str | None) -> tuple[str, str] | None:
+    """(plan name, billing cycle) of the rules plan selling `price`."""
+    for plan in plans.values():
+        for cycle, price_id in plan.stripe_prices.items():
+            if price and price_id == price:
+                return plan.name, cycle
+    return None
+
+
+def _period_s(sub: Mapping[str, Any], field: str) -> int | None:
+    """current_period_start/end: on the subscription (older API versions) or on its
+    first item (2025-03-31 and later)."""
+    value = sub.get(field)
+    if not isinstance(value, int):
+        items = _get(sub, "items", "data")
+        value = items[0].get(field) if isinstance(items, list) and items else None
+    return value if isinstance(value, int) else None
+
+
+async def _retrieve(make: Callable[[], Awaitable[Any]]) -> dict[str, Any] | None:
+    """A Stripe object as a dict; None if Stripe says it does not exist. Other Stripe
+    failures propagate (the endpoint answers 500 and Stripe retries)."""
+    try:
+        obj = await make()
+    except stripe.InvalidRequestError as exc:
+        if exc.code == "resource_missing":
+            return None
+        raise
+    result: dict[str, Any] = obj.to_dict()
+    return result
+
+
+async def sync_subscription(ctx: Ctx, sub_id: str, account: Account | None = None,
+                            fallback: Mapping[str, Any] | None = None) -> Result:
+    """Re-fetch a subscription and record its current state on the account."""
+    sub = await _retrieve(lambda: ctx.stripe.v1.subscriptions.retrieve_async(sub_id))
+    if sub is None:
+        if fallback is None or ctx.event_type != "customer.subscription.deleted":
+            log.warning("stripe webhook: subscription %s does not exist; ignored", sub_id)
+            return ignored("subscription not found")
+        sub = {**fallback, "status": "canceled"}  # deleted, and gone from Stripe
+    if account is None:
+        account = await resolve_account(ctx, _id(sub.get("customer")), sub.get("metadata"))
+    if account is None:
+        log.warning("stripe webhook: subscription %s of unknown customer %s; ignored",
+                    sub_id, _id(sub.get("customer")))
+        ctx.problem("unknown_customer")
+        return ignored("unknown customer")
+    items = _get(sub, "items", "data")
+    price = _id(_get(items[0], "price")) if isinstance(items, list) and items else None
+    rules = ctx.runtime.rules
+    found = plan_for_price(rules.plans, price)
+    if found is None:
+        log.error("stripe webhook: subscription %s has price %s, which no plan in the rules "
+                  "sells (plans.*.stripe); account %s:%s left unchanged",
+                  sub_id, price, account.scope, account.id)
+        ctx.problem("unknown_price")
+        return ignored("unknown price")
+    plan, cycle = found
+    status = str(sub.get("status") or "incomplete")
+    if ctx.event_type == "customer.subscription.deleted" and status not in ENDED:
+        status = "canceled"
+    config = await ctx.runtime.ledger.config(account)
+    current = config.get("stripe_subscription")
+    if current and current != sub_id and status in ENDED and config.get("status") in LIVE:
+        # An old subscription ending must not cancel the one that replaced it.
+        return ignored("superseded subscription")
+    start, end = _period_s(sub, "current_period_start"), _period_s(sub, "current_period_end")
+    if start is None or end is None:
+        raise ValueError(f"subscription {sub_id} has no current period")
+    past_due_until: int | None = None
+    if status == "past_due":
+        kept = config.get("past_due_until")
+        if current == sub_id and config.get("status") == "past_due" and kept:
+            past_due_until = int(kept)  # the grace started when it first became past_due
+        else:
+            past_due_until = ctx.now_ms() + rules.billing.past_due_grace_s * 1000
+    await ctx.runtime.ledger.apply_subscription(
+        account, plan=plan, status=status, period_start_ms=start * 1000,
+        period_end_ms=end * 1000, past_due_until_ms=past_due_until,
+        cancel_at_period_end=bool(sub.get("cancel_at_period_end")),
+        subscription_id=sub_id, billing_cycle=cycle)
+    log.info("stripe webhook: %s:%s subscription %s → plan %s, status %s",
+             account.scope, account.id, sub_id, plan, status)
+    return {"received": True, "plan": plan, "status": status}
+
+
+async def on_subscription(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
+    sub_id = _id(obj.get("id"))
+    if sub_id is None:
+        return ignored("no subscription id")
+    return await sync_subscription(ctx, sub_id, fallback=obj)
+
+
+async def on_checkout(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
+    """A finished checkout: a subscription (link the customer, apply the subscription)
+    or a top-up (grant the credits once the payment is in, once per session)."""
+    session_id = _id(obj.get("id"))
+    if session_id is None:
+        return ignored("no session id")
+    session = await _retrieve(
+        lambda: ctx.stripe.v1.checkout.sessions.retrieve_async(session_id)) or dict(obj)
+    metadata = session.get("metadata") or obj.get("metadata")
+    kind = _get(metadata, "kind")
+    customer = _id(session.get("customer"))
+    account = account_from_metadata(metadata) or await resolve_account(ctx, customer)
+    if account is None:
+        log.warning("stripe webhook: checkout session %s for no known account; ignored",
+                    session_id)
+        ctx.problem("unknown_customer")
+        return ignored("unknown account")
+    if kind == "subscription":
+        if customer:
+            await ctx.customers.link(account, customer)
+        sub_id = _id(session.get("subscription"))
+        if sub_id is None:
+            return {"received": True, "pending": True}
+        return await sync_subscription(ctx, sub_id, account)
+    if kind == "topup":
+        return await _topup(ctx, session_id, session, account, customer)
+    return ignored(f"checkout kind {kind!r}")
+
+
+async def _topup(ctx: Ctx, session_id: str, session: Mapping[str, Any], account: Account,
+                 customer: str | None) -> Result:
+    if session.get("payment_status") != "paid":
+        # Async payment methods (bank debits) complete later with
+        # checkout.session.async_payment_succeeded; nothing is granted before.
+        log.info("stripe webhook: top-up %s for %s:%s not paid yet (%s)", session_id,
+                 account.scope, account.id, session.get("payment_status"))
+        return {"received": True, "pending": True}
+    try:
+        micro = int(str(_get(session, "metadata", "credits_micro_usd")))
+    except ValueError:
+        micro = 0
+    if micro <= 0:
+        log.error("stripe webhook: top-up %s has no credits_micro_usd; nothing granted",
+                  session_id)
+        ctx.problem("bad_topup")
+        return ignored("top-up without credits")
+    store = ctx.runtime.store
+    marker = TOPUP_PREFIX + session_id
+    if not await store.call(store.client.set(marker, micro, nx=True)):
+        return {"received": True, "duplicate_topup": True}
+    try:
+        if customer:
+            await ctx.customers.link(account, customer)
+        balance = await ctx.runtime.ledger.grant_credits(account, micro)
+    except BaseException:
+        await store.call(store.client.delete(marker))
+        raise
+    log.info("stripe webhook: top-up %s granted %d micro-USD to %s:%s (balance %d)",
+             session_id, micro, account.scope, account.id, balance)
+    return {"received": True, "credits_micro_usd": micro}
+
+
+def _invoice_subscription(invoice: Mapping[str, Any]) -> str | None:
+    """invoice.subscription (older API versions) or
+    invoice.parent.subscription_details.subscription (2025-03-31 and later)."""
+    return _id(invoice.get("subscription")) or _id(
+        _get(invoice, "parent", "subscription_details", "subscription"))
+
+
+async def on_invoice_paid(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
+    """A paid first or renewal invoice: the new period (and so its quota) applies.
+    Quota counters are keyed by period, so applying the period is the grant."""
+    reason = obj.get("billing_reason")
+    sub_id = _invoice_subscription(obj)
+    if reason not in QUOTA_REASONS or sub_id is None:
+        return ignored(f"billing_reason {reason}")
+    return await sync_subscription(ctx, sub_id)
+
+
+async def on_payment_failed(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
+    """Flag the account; access follows the subscription's status (re-fetched)."""
+    account = await resolve_account(ctx, _id(obj.get("customer")), obj.get("metadata"),
+                                    _get(obj, "subscription_details", "metadata"),
+                                    _get(obj, "parent", "subscription_details", "metadata"))
+    if account is None:
+        ctx.problem("unknown_customer")
+        return ignored("unknown customer")
+    store = ctx.runtime.store
+    await store.call(store.client.hset(account.config_key, "payment_failed_at",
+                                       ctx.now_ms()))
+    log.warning("stripe webhook: payment failed for %s:%s (invoice %s)", account.scope,
+                account.id, obj.get("id"))
+    sub_id = _invoice_subscription(obj)
+    if sub_id is None:
+        return {"received": True, "flagged": True}
+    result = await sync_subscription(ctx, sub_id, account)
+    return {**result, "flagged": True}
+
+
+async def on_charge_refunded(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
+    """Claw back top-up credits by the refunded amount. `amount_refunded` is cumulative:
+    the total clawed back per charge is recorded and only the increase is taken."""
+    charge_id = _id(obj.get("id"))
+    if charge_id is None:
+        return ignored("no charge id")
+    charge = await _retrieve(
+        lambda: ctx.stripe.v1.charges.retrieve_async(charge_id)) or dict(obj)
+    metadata: Any = charge.get("metadata") or {}
+    if _get(metadata, "kind") != "topup":
+        pi_id = _id(charge.get("payment_intent"))
+        if pi_id is not None:
+            pi = await _retrieve(lambda: ctx.stripe.v1.payment_intents.retrieve_async(pi_id))
+            metadata = (pi or {}).get("metadata") or {}
+    if _get(metadata, "kind") != "topup":
+        return ignored("not a top-up charge")
+    account = await resolve_account(ctx, _id(charge.get("customer")), metadata)
+    if account is None:
+        ctx.problem("unknown_customer")
+        return ignored("unknown customer")
+    amount, refunded = int(charge.get("amount") or 0), int(charge.get("amount_refunded") or 0)
+    try:
+        credits = int(str(_get(metadata, "credits_micro_usd")))
+    except ValueError:
+        credits = 0
+    # Credits bought by this charge, in proportion to the refunded share of it.
+    target = (credits * refunded // amount if credits > 0 and amount > 0
+              else refunded * MICRO_PER_CENT)
+    store = ctx.runtime.store
+    key = CLAWBACK_PREFIX + charge_id
+    delta = int(await store.call(store.client.eval(CLAWBACK_LUA, 1, key, target)))
+    if delta <= 0:
+        return {"received": True, "clawed_back_micro_usd": 0}
+    try:
+        balance = int(await store.call(store.client.decrby(account.credits_key, delta)))
+    except BaseException:
+        await store.call(store.client.decrby(key, delta))  # let a redelivery take it
+        raise
+    log.info("stripe webhook: charge %s refunded; clawed back %d micro-USD from %s:%s "
+             "(balance %d)", charge_id, delta, account.scope, account.id, balance)
+    return {"received": True, "clawed_back_micro_usd": delta}
+
+
+_notify_tasks: set[asyncio.Task[None]] = set()
+
+
+async def _post_alert(url: str, payload: dict[str, Any]) -> None:
+    try:
+        async with httpx.AsyncClient(timeout=NOTIFY_TIMEOUT_S,
+                                     follow_redirects=False) as client:
+            response = await client.post(url, json=payload)
+            response.raise_for_status()
+    except httpx.HTTPError as exc:
+        log.warning("trial_will_end notification to %s failed: %s", url, exc)
+
+
+async def on_trial_will_end(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
+    """Tell the account its trial ends soon: a log line, a counter, and its
+    alert_webhook if it has one (best effort, in the background)."""
+    account = await resolve_account(ctx, _id(obj.get("customer")), obj.get("metadata"))
+    if account is None:
+        ctx.problem("unknown_customer")
+        return ignored("unknown customer")
+    trial_end = obj.get("trial_end")
+    log.info("billing notification kind=trial_will_end scope=%s account=%s "
+             "subscription=%s trial_end=%s", account.scope, account.id, obj.get("id"),
+             trial_end, extra={
+        "kind": "trial_will_end", "scope": account.scope, "account": account.id,
+        "subscription": obj.get("id"), "trial_end": trial_end})
+    ctx.runtime.metrics.billing_notifications.labels("trial_will_end").inc()
+    url = (await ctx.runtime.ledger.config(account)).get("alert_webhook")
+    if url:
+        payload = {"kind": "trial_will_end", "scope": account.scope, "id": account.id,
+                   "subscription": obj.get("id"), "trial_end": trial_end}
+        task = asyncio.get_running_loop().create_task(_post_alert(url, payload))
+        _notify_tasks.add(task)
+        task.add_done_callback(_notify_tasks.discard)
+    return {"received": True, "notified": True}
+
+
+Handler = Callable[[Ctx, Mapping[str, Any]], Awaitable[Result]]
+
+HANDLERS: dict[str, Handler] = {
+    "checkout.session.completed": on_checkout,
+    "checkout.session.async_payment_succeeded": on_checkout,
+    "checkout.session.async_payment_failed": on_checkout,
+    "customer.subscription.created": on_subscription,
+    "customer.subscription.updated": on_subscription,
+    "customer.subscription.deleted": on_subscription,
+    "invoice.paid": on_invoice_paid,
+    "invoice.payment_failed": on_payment_failed,
+    "charge.refunded": on_charge_refunded,
+    "customer.subscription.trial_will_end": on_trial_will_end,
+}
+
+
+async def handle(runtime: Runtime, client: stripe.StripeClient, event: Mapping[str, Any]
+                 ) -> Result:
+    """Run the handler for one verified event (unknown types: ignored)."""
+    event_type = str(event.get("type") or "")
+    handler = HANDLERS.get(event_type)
+    obj = _get(event, "data", "object")
+    if handler is None or not isinstance(obj, Mapping):
+        return {"received": True, "ignored": True}
+    return await handler(Ctx(runtime, client, event_type), obj)

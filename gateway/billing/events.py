@@ -27,24 +27,11 @@ from gateway.runtime import Runtime
 log = logging.getLogger("gateway.billing.webhook")
 
 Result = dict[str, Any]
-TOPUP_PREFIX = "gw:stripe:topup:"        # + checkout session id: credits granted once
-CLAWBACK_PREFIX = "gw:stripe:clawback:"  # + charge id: micro-USD already clawed back
 MICRO_PER_CENT = 10_000
 QUOTA_REASONS = frozenset({"subscription_create", "subscription_cycle"})
 ENDED = frozenset({"canceled", "incomplete_expired"})
 LIVE = frozenset({"active", "trialing", "past_due"})
 NOTIFY_TIMEOUT_S = 3.0
-
-# Raise the clawed-back total of one charge to ARGV[1] and return the increase (0 when a
-# refund event for this amount, or a later one, was already applied): atomic per charge,
-# so two refund events processed at once never claw back twice.
-CLAWBACK_LUA = """
-local prev = tonumber(redis.call('GET', KEYS[1]) or '0')
-local target = tonumber(ARGV[1])
-if target <= prev then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-return target - prev
-"""
 
 RECEIVED: Result = {"received": True}
 
@@ -253,17 +240,12 @@ async def _topup(ctx: Ctx, session_id: str, session: Mapping[str, Any], account:
                   session_id)
         ctx.problem("bad_topup")
         return ignored("top-up without credits")
-    store = ctx.runtime.store
-    marker = TOPUP_PREFIX + session_id
-    if not await store.call(store.client.set(marker, micro, nx=True)):
+    if customer:
+        await ctx.customers.link(account, customer)
+    # The marker and the balance move in one script (credits.lua): once, and never lost.
+    granted, balance = await ctx.runtime.ledger.grant_once(account, session_id, micro)
+    if not granted:
         return {"received": True, "duplicate_topup": True}
-    try:
-        if customer:
-            await ctx.customers.link(account, customer)
-        balance = await ctx.runtime.ledger.grant_credits(account, micro)
-    except BaseException:
-        await store.call(store.client.delete(marker))
-        raise
     log.info("stripe webhook: top-up %s granted %d micro-USD to %s:%s (balance %d)",
              session_id, micro, account.scope, account.id, balance)
     return {"received": True, "credits_micro_usd": micro}
@@ -334,16 +316,10 @@ async def on_charge_refunded(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
     # Credits bought by this charge, in proportion to the refunded share of it.
     target = (credits * refunded // amount if credits > 0 and amount > 0
               else refunded * MICRO_PER_CENT)
-    store = ctx.runtime.store
-    key = CLAWBACK_PREFIX + charge_id
-    delta = int(await store.call(store.client.eval(CLAWBACK_LUA, 1, key, target)))
+    # Atomic per charge (credits.lua): concurrent refund events never claw back twice.
+    delta, balance = await ctx.runtime.ledger.claw_back_to(account, charge_id, target)
     if delta <= 0:
         return {"received": True, "clawed_back_micro_usd": 0}
-    try:
-        balance = int(await store.call(store.client.decrby(account.credits_key, delta)))
-    except BaseException:
-        await store.call(store.client.decrby(key, delta))  # let a redelivery take it
-        raise
     log.info("stripe webhook: charge %s refunded; clawed back %d micro-USD from %s:%s "
              "(balance %d)", charge_id, delta, account.scope, account.id, balance)
     return {"received": True, "clawed_back_micro_usd": delta}

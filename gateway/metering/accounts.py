@@ -57,6 +57,14 @@ class Account:
     def settled_key(self, rid: str) -> str:
         return self.key("settled:" + rid)
 
+    def topup_key(self, session_id: str) -> str:
+        """Marks a Stripe top-up session granted (beside the balance: one slot)."""
+        return self.key("topup:" + session_id)
+
+    def clawback_key(self, charge_id: str) -> str:
+        """Micro-USD already clawed back for a refunded Stripe charge."""
+        return self.key("clawback:" + charge_id)
+
 
 def parse_scope(value: str) -> Scope:
     if value in ("workspace", "ws"):

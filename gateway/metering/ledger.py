@@ -103,6 +103,22 @@ class Ledger:
         return int(await self.store.call(self.store.client.incrby(
             account.credits_key, micro_usd)))
 
+    async def grant_once(self, account: Account, session_id: str, micro_usd: int
+                         ) -> tuple[int, int]:
+        """Grant a paid top-up's credits exactly once: (granted now, balance)."""
+        reply = await self.store.call(self.store.run_script(
+            self.scripts.credits, [account.credits_key, account.topup_key(session_id)],
+            ["grant", micro_usd]))
+        return int(reply[0]), int(reply[1])
+
+    async def claw_back_to(self, account: Account, charge_id: str, total_micro: int
+                           ) -> tuple[int, int]:
+        """Raise what was clawed back for a charge to `total_micro`: (taken now, balance)."""
+        reply = await self.store.call(self.store.run_script(
+            self.scripts.credits, [account.credits_key, account.clawback_key(charge_id)],
+            ["clawback", total_micro]))
+        return int(reply[0]), int(reply[1])
+
     async def view(self, rules: Rules, tables: PlanTables, account: Account,
                    now_ms: int | None = None) -> dict[str, Any]:
         """Plan, period, quota per meter, credits, usage breakdown and window gauges."""

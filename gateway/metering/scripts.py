@@ -27,10 +27,12 @@ class Scripts:
     debit: Any
     settle: Any
     usage: Any
+    credits: Any
 
     @classmethod
     def register(cls, store: Store) -> Scripts:
         client = store.client
         return cls(debit=client.register_script(lua_source("debit.lua")),
                    settle=client.register_script(lua_source("settle.lua")),
-                   usage=client.register_script(lua_source("usage.lua")))
+                   usage=client.register_script(lua_source("usage.lua")),
+                   credits=client.register_script(lua_source("credits.lua")))

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from gateway.admin.accounts import account_routes
 from gateway.admin.auth import require_admin
+from gateway.admin.economics import economics_routes
 from gateway.admin.keys import key_routes
 from gateway.errors import GatewayError, problem_response
 from gateway.runtime import Runtime
@@ -77,6 +78,7 @@ def build_admin_app(runtime: Runtime) -> Starlette:
         Route("/admin/reload", reload_rules, methods=["POST"]),
         *key_routes(),
         *account_routes(),
+        *economics_routes(),
     ]
     app = Starlette(routes=routes, exception_handlers={
         GatewayError: _gateway_error, HTTPException: _http_error, Exception: _internal_error,

@@ -31,6 +31,13 @@ class Settings:
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None          # e.g. a local fake, or an egress proxy
     stripe_meter_events_base: str | None = None
+    # Budget alerts (gateway/billing/alerts.py): SMTP server as smtp://host:port
+    # (smtps:// for TLS, optional user:password@), sender address, checker period.
+    smtp_url: str | None = None
+    alert_from: str = "gateway@localhost"
+    alert_interval_s: float = 30.0              # <= 0: no checker task
+    # Stripe usage reporting (gateway/billing/reporter.py): seconds between rounds.
+    report_interval_s: float = 60.0             # <= 0: no reporter task
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -48,6 +55,10 @@ class Settings:
             "stripe_webhook_secret": env.get("STRIPE_WEBHOOK_SECRET") or None,
             "stripe_api_base": env.get("STRIPE_API_BASE") or None,
             "stripe_meter_events_base": env.get("STRIPE_METER_EVENTS_BASE") or None,
+            "smtp_url": env.get("GATEWAY_SMTP_URL") or None,
+            "alert_from": env.get("GATEWAY_ALERT_FROM") or "gateway@localhost",
+            "alert_interval_s": float(env.get("GATEWAY_ALERT_INTERVAL_S", "30")),
+            "report_interval_s": float(env.get("GATEWAY_REPORT_INTERVAL_S", "60")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from gateway.billing.alerts import AlertChecker, stop_task  # budget alerts
+from gateway.billing.reporter import Reporter  # Stripe usage reporting
 from gateway.billing.stripe_client import build_stripe_client
 from gateway.config import Settings
 from gateway.identity.cache import KeyCache
@@ -105,6 +107,12 @@ class Runtime:
         self.journal = Journal(settings.journal_path or None)
         self.stripe = build_stripe_client(settings)
         self._replayer: asyncio.Task[None] | None = None
+        # --- budget alerts (gateway/billing/alerts.py) ---
+        self.alert_checker = AlertChecker(self)
+        self._alert_task: asyncio.Task[None] | None = None
+        # --- Stripe usage reporting (gateway/billing/reporter.py) ---
+        self.reporter: Reporter | None = None
+        self._reporter_task: asyncio.Task[None] | None = None
         self.clock_ms = clock_ms
         self.ready = False
 
@@ -120,6 +128,17 @@ class Runtime:
     async def start(self) -> None:
         log.info("store: %s", self.store.description)
         self._replayer = asyncio.get_running_loop().create_task(self._replay_journal())
+        # --- budget alerts: the checker task (alert_interval_s <= 0 turns it off) ---
+        if self.settings.alert_interval_s > 0:
+            self._alert_task = asyncio.get_running_loop().create_task(
+                self.alert_checker.run_forever())
+        # --- Stripe usage reporting: the reporter task (needs STRIPE_API_KEY;
+        # report_interval_s <= 0 turns it off) ---
+        if self.stripe is not None and self.settings.report_interval_s > 0:
+            self.reporter = Reporter(self.store, self.stripe, self.metrics,
+                                     interval_s=self.settings.report_interval_s)
+            self._reporter_task = asyncio.get_running_loop().create_task(
+                self.reporter.run_forever())
         self.ready = True
 
     async def close(self) -> None:
@@ -128,6 +147,13 @@ class Runtime:
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replayer
+        # --- budget alerts: stop the checker ---
+        await stop_task(self._alert_task)
+        self._alert_task = None
+        await self.alert_checker.close()
+        # --- Stripe usage reporting: stop the reporter (what is unsent stays pending) ---
+        await stop_task(self._reporter_task)
+        self._reporter_task = None
         await self.replay_journal()  # last chance; what is left stays in the file
         await self.transport.aclose()
         await self.store.close()

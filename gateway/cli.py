@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gateway.config import Settings
+from gateway.config import Settings, SettingsError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -202,6 +202,14 @@ async def _report(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _main(args)
+    except SettingsError as exc:  # a bad environment variable: a sentence, exit 2
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "check":

@@ -5,8 +5,27 @@ Everything about *traffic* lives in rules.yaml; these are the facts of one deplo
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value the gateway cannot use."""
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(f"{name} must be a finite number >= 0, not {raw!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +57,9 @@ class Settings:
     alert_interval_s: float = 30.0              # <= 0: no checker task
     # Stripe usage reporting (gateway/billing/reporter.py): seconds between rounds.
     report_interval_s: float = 60.0             # <= 0: no reporter task
+    # Usage records (the reporter's input) older than this are dropped even if never
+    # reported: Stripe refuses meter events more than 35 days old. 0 = keep them.
+    usage_retention_days: float = 35.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -45,10 +67,10 @@ class Settings:
         values: dict[str, object] = {
             "redis_url": env.get("GATEWAY_REDIS_URL") or None,
             "admin_token": env.get("GATEWAY_ADMIN_TOKEN") or None,
-            "upstream_transport": env.get("GATEWAY_UPSTREAM_TRANSPORT", "aiohttp"),
-            "store_deadline_s": float(env.get("GATEWAY_STORE_DEADLINE_MS", "250")) / 1000,
-            "key_cache_ttl_s": min(float(env.get("GATEWAY_KEY_CACHE_TTL_S", "2")), 5.0),
-            "drain_timeout_s": float(env.get("GATEWAY_DRAIN_TIMEOUT_S", "30")),
+            "upstream_transport": _transport(env.get("GATEWAY_UPSTREAM_TRANSPORT")),
+            "store_deadline_s": _number(env, "GATEWAY_STORE_DEADLINE_MS", 250) / 1000,
+            "key_cache_ttl_s": min(_number(env, "GATEWAY_KEY_CACHE_TTL_S", 2), 5.0),
+            "drain_timeout_s": _number(env, "GATEWAY_DRAIN_TIMEOUT_S", 30),
             "access_log": env.get("GATEWAY_ACCESS_LOG", "1") not in ("0", "false", "no"),
             "journal_path": env.get("GATEWAY_JOURNAL_PATH", "gateway-journal.jsonl"),
             "stripe_api_key": env.get("STRIPE_API_KEY") or None,
@@ -57,8 +79,18 @@ class Settings:
             "stripe_meter_events_base": env.get("STRIPE_METER_EVENTS_BASE") or None,
             "smtp_url": env.get("GATEWAY_SMTP_URL") or None,
             "alert_from": env.get("GATEWAY_ALERT_FROM") or "gateway@localhost",
-            "alert_interval_s": float(env.get("GATEWAY_ALERT_INTERVAL_S", "30")),
-            "report_interval_s": float(env.get("GATEWAY_REPORT_INTERVAL_S", "60")),
+            "alert_interval_s": _number(env, "GATEWAY_ALERT_INTERVAL_S", 30),
+            "report_interval_s": _number(env, "GATEWAY_REPORT_INTERVAL_S", 60),
+            "usage_retention_days": _number(env, "GATEWAY_USAGE_RETENTION_DAYS", 35),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _transport(value: str | None) -> str:
+    if not value:
+        return "aiohttp"
+    if value not in ("aiohttp", "httpcore"):
+        raise SettingsError(f"GATEWAY_UPSTREAM_TRANSPORT must be aiohttp or httpcore, not "
+                            f"{value!r}")
+    return value

@@ -14,6 +14,7 @@ from gateway.errors import GatewayError
 from gateway.metering.accounts import Account
 from gateway.metering.plans import BUCKETS, PlanTables
 from gateway.metering.scripts import Scripts
+from gateway.money import micro_to_usd
 from gateway.store import Store
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ class Ledger:
             "period": {"id": period, "start": _iso(start_ms), "end": _iso(end_ms)},
             "quota": quota,
             "credits_micro_usd": credits,
-            "credits_usd": f"{credits / 1_000_000:.6f}",
+            "credits_usd": micro_to_usd(credits),
             "spend_micro_usd": counters.get("spend", 0),
             "requests": counters.get("n", 0),
             "units": {m: counters.get(f"u:{m}", 0) for m in rules.meters},

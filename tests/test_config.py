@@ -1,0 +1,36 @@
+"""Settings from the environment: a bad value is a sentence naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import Settings, SettingsError
+
+
+def test_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GATEWAY_STORE_DEADLINE_MS", raising=False)
+    monkeypatch.setenv("GATEWAY_KEY_CACHE_TTL_S", "60")
+    monkeypatch.setenv("GATEWAY_USAGE_RETENTION_DAYS", "7")
+    s = Settings.from_env(port=1234)
+    assert (s.store_deadline_s, s.key_cache_ttl_s, s.usage_retention_days, s.port) == (
+        0.25, 5.0, 7.0, 1234)   # the key cache never holds a revoked key over 5 s
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("GATEWAY_STORE_DEADLINE_MS", "fast"), ("GATEWAY_DRAIN_TIMEOUT_S", "-1"),
+    ("GATEWAY_REPORT_INTERVAL_S", "nan"), ("GATEWAY_USAGE_RETENTION_DAYS", "inf"),
+    ("GATEWAY_UPSTREAM_TRANSPORT", "curl")])
+def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str,
+                                      value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env()
+
+
+def test_the_command_line_prints_a_sentence_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("GATEWAY_ALERT_INTERVAL_S", "soon")
+    assert main(["serve", "--rules", "rules.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "gateway: GATEWAY_ALERT_INTERVAL_S must be a number, not 'soon'"

@@ -101,8 +101,9 @@ class Runtime:
             settings.upstream_transport, max_connections=settings.max_upstream_connections)
         self.registry = KeyRegistry(self.store)
         self.key_cache = KeyCache(self.registry, ttl_s=settings.key_cache_ttl_s)
-        self.engine = MeteringEngine(self.store, clock_ms=clock_ms,
-                                     observe_store=self._observe_store)
+        self.engine = MeteringEngine(
+            self.store, clock_ms=clock_ms, observe_store=self._observe_store,
+            usage_retention_ms=max(int(settings.usage_retention_days * 86_400_000), 0))
         self.ledger = Ledger(self.store, self.engine.scripts)
         self.journal = Journal(settings.journal_path or None)
         self.stripe = build_stripe_client(settings)

@@ -1,38 +1,38 @@
-"""Platform usage and per-model economics, computed from the accounts' usage streams.
+"""Platform usage and per-model economics, computed from the accounts' daily rollups.
 
 GET /admin/usage[?from=YYYY-MM-DD&to=YYYY-MM-DD]
     {from, to, requests, test_requests, units {meter: n}, test_units {meter: n},
-     revenue_usd, provider_cost_usd, active_accounts,
+     revenue_usd, provider_cost_usd, meters_without_cost, active_accounts,
      by_day [{date, requests, test_requests, units {meter: n}, revenue_usd}]}
 GET /admin/model-economics[?from=…&to=…]
     {from, to, models [{model, meter, requests, total_requests, test_requests, units,
                         provider_cost_usd, revenue_usd, margin_pct}]}
 
-Every usage stream (`SCAN gw:*:usage`, read with XRANGE in pages) is one record per
-debit, settlement and refund (docs/metering.md). A request is a `debit` record; units are
-the sum of all records (settlements and refunds carry signed deltas). Dates are the
-records' own `t` (UTC), both bounds inclusive.
+The debit and settle scripts keep one rollup hash per account and UTC day,
+`gw:{tag}:d:<YYYY-MM-DD>` (docs/metering.md), in the same atomic step as the charge:
+`n:<meter>` requests, `u:<meter>` units (settlements and refunds move them, on the day
+the request was admitted), `mn:<model>:<meter>` / `mu:<model>:<meter>` the requests and
+units of requests settled with a model. Test keys count under the same names prefixed
+with `t`. Requests without a model are the rest: `n` - sum of `mn`, `u` - sum of `mu`. Reading is
+a SCAN over the rollups (every primary on a Cluster) and one HGETALL each: admin-only,
+never on the request path. Dates are UTC days, both bounds inclusive.
 
 Money: revenue is units * the meter's list price (`usd_per_unit`) and provider cost is
 units * `cost_usd_per_unit`, summed in integer pico-USD and shown as **exact decimal
 strings** with at least 6 decimal places (more only when a sub-micro-USD price needs them,
-e.g. "0.0000015"). Revenue is list-price value of the metered units (whichever pool paid:
-quota, credits or overage). A meter without a cost gives `provider_cost_usd: null` and
-`margin_pct: null`; margin_pct = (revenue - cost) / revenue * 100, rounded to 2 places.
-Test-key usage (`test: 1`) is left out of requests, units and money and counted apart.
-
-Which model a request used is known only from its settlement record (`model`), and a
-debit record names its request only when the client sent an X-Request-Id. So a settlement
-is matched to its debit by request id when it has one, else to the oldest unmatched debit
-of the same route, meter, key and user in the same stream (the settlement follows its
-debit); requests never settled with a model are reported under `model: null`.
+e.g. "0.0000015"). Revenue is the list-price value of the metered units (whichever pool
+paid: quota, credits or overage). A meter without a cost gives `provider_cost_usd: null`
+and `margin_pct: null` on its rows and is listed in `meters_without_cost` of the platform
+totals (whose cost sums the meters that have one); margin_pct =
+(revenue - cost) / revenue * 100, rounded to 2 places. Test-key usage is left out of
+requests, units and money and counted apart.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import partial
 from typing import Any
@@ -49,7 +49,7 @@ from gateway.runtime import Runtime
 from gateway.store import Store
 
 PICO = 10**12
-PAGE = 1000
+ROLLUP_MATCH = "gw:*:d:*"
 
 
 def _json(data: object, status: int = 200) -> Response:
@@ -87,104 +87,120 @@ def _day_bound(value: str | None, name: str) -> date | None:
         raise GatewayError("BAD_REQUEST", f"{name} must be a date YYYY-MM-DD") from None
 
 
-def _ms(d: date) -> int:
-    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()) * 1000
-
-
 @dataclass(frozen=True, slots=True)
-class Record:
-    stream: str
-    kind: str
-    meter: str
-    units: int
-    t: int
-    test: bool
-    rid: str
-    route: str
-    key: str
-    user: str
-    model: str
+class DayRollup:
+    """One account's usage on one UTC day (the hash `gw:{tag}:d:<day>`)."""
+
+    account: str  # the hash tag, e.g. "{u:ann}"
+    day: str
+    counters: dict[str, int]
+
+    def by_meter(self, prefix: str) -> dict[str, int]:
+        """`<prefix><meter>` fields → {meter: n}."""
+        return {f[len(prefix):]: v for f, v in self.counters.items()
+                if f.startswith(prefix) and ":" not in f[len(prefix):]}
+
+    def by_model(self, prefix: str) -> dict[tuple[str, str], int]:
+        """`<prefix><model>:<meter>` fields → {(model, meter): n}."""
+        out: dict[tuple[str, str], int] = {}
+        for f, v in self.counters.items():
+            if f.startswith(prefix):
+                model, _, meter = f[len(prefix):].rpartition(":")
+                if model:
+                    out[(model, meter)] = v
+        return out
 
 
-async def read_records(store: Store, start_ms: int | None, end_ms: int | None
-                       ) -> list[Record]:
-    """Every usage record with start_ms <= t < end_ms, stream by stream, in stream order."""
-    client = store.client
-    streams: list[str] = []
-    # redis-py walks every primary of a Cluster for SCAN.
-    async for key in client.scan_iter(match="gw:*:usage", count=1000, _type="stream"):
-        streams.append(_s(key))
-    out: list[Record] = []
-    for stream in sorted(set(streams)):
-        lower = "-"
-        while True:
-            page = await store.read(partial(client.xrange, stream, lower, "+", count=PAGE),
-                                    deadline_s=5.0)
-            for _entry_id, raw in page:
-                f = {_s(k): _s(v) for k, v in raw.items()}
-                t = int(f.get("t") or 0)
-                if (start_ms is not None and t < start_ms) or (end_ms is not None
-                                                               and t >= end_ms):
-                    continue
-                out.append(Record(stream, f.get("kind", ""), f.get("meter", ""),
-                                  int(f.get("units") or 0), t, f.get("test") == "1",
-                                  f.get("rid", ""), f.get("route", ""), f.get("key", ""),
-                                  f.get("user", ""), f.get("model", "")))
-            if len(page) < PAGE:
-                break
-            lower = "(" + _s(page[-1][0])
-    return out
-
-
-def _price(rules: Rules, meter: str) -> tuple[int, int | None] | None:
-    m = rules.meters.get(meter)
-    if m is None:
+def parse_rollup_key(key: str) -> tuple[str, str] | None:
+    """`gw:{u:ann}:d:2026-11-18` → ("{u:ann}", "2026-11-18")."""
+    if not key.startswith("gw:{"):
         return None
-    return m.pico_usd_per_unit, m.cost_pico_usd_per_unit
+    head, sep, day = key.rpartition(":d:")
+    tag = head[3:]
+    if not sep or not tag.endswith("}") or len(day) != 10:
+        return None
+    return tag, day
+
+
+async def read_rollups(store: Store, start: date | None, end: date | None
+                       ) -> list[DayRollup]:
+    """Every account's rollup of each day from `start` to `end` (inclusive)."""
+    client = store.client
+    lo = start.isoformat() if start else ""
+    hi = end.isoformat() if end else "9999-99-99"
+    keys: set[str] = set()
+    # redis-py walks every primary of a Cluster for SCAN.
+    async for raw in client.scan_iter(match=ROLLUP_MATCH, count=1000, _type="hash"):
+        key = _s(raw)
+        parsed = parse_rollup_key(key)
+        if parsed is not None and lo <= parsed[1] <= hi:
+            keys.add(key)
+    out: list[DayRollup] = []
+    for key in sorted(keys):
+        tag, day = parse_rollup_key(key) or ("", "")
+        raw = await store.read(partial(client.hgetall, key), deadline_s=5.0)
+        out.append(DayRollup(tag, day, {_s(k): int(v) for k, v in raw.items()}))
+    return out
 
 
 @dataclass
 class _Tally:
+    """Requests, units and money of some usage; costs only of meters that have one."""
+
     requests: int = 0
     test_requests: int = 0
     units: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     test_units: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     revenue: int = 0
-    cost: int | None = 0
+    cost: int = 0
+    uncosted: set[str] = field(default_factory=set)
 
-    def add(self, rules: Rules, r: Record) -> None:
-        if r.test:
-            self.test_requests += r.kind == "debit"
-            self.test_units[r.meter] += r.units
+    def add(self, rules: Rules, meter: str, requests: int, units: int, test_requests: int,
+            test_units: int) -> None:
+        self.requests += requests
+        self.test_requests += test_requests
+        if units:
+            self.units[meter] += units
+        if test_units:
+            self.test_units[meter] += test_units
+        m = rules.meters.get(meter)
+        if m is None:  # a meter since removed from the rules: no price to apply
+            self.uncosted.add(meter)
             return
-        self.requests += r.kind == "debit"
-        self.units[r.meter] += r.units
-        price = _price(rules, r.meter)
-        if price is not None:
-            self.revenue += r.units * price[0]
-            if price[1] is None or self.cost is None:
-                self.cost = None
-            else:
-                self.cost += r.units * price[1]
+        self.revenue += units * m.pico_usd_per_unit
+        if m.cost_pico_usd_per_unit is None:
+            if units:
+                self.uncosted.add(meter)
+        else:
+            self.cost += units * m.cost_pico_usd_per_unit
 
 
-def platform_usage(rules: Rules, records: list[Record]) -> dict[str, Any]:
+def _meters(r: DayRollup) -> set[str]:
+    return set(r.by_meter("n:")) | set(r.by_meter("u:")) | set(r.by_meter("tn:")) \
+        | set(r.by_meter("tu:"))
+
+
+def platform_usage(rules: Rules, rollups: list[DayRollup]) -> dict[str, Any]:
     total = _Tally()
     days: dict[str, _Tally] = defaultdict(_Tally)
     active: set[str] = set()
-    for r in records:
-        total.add(rules, r)
-        day = datetime.fromtimestamp(r.t / 1000, tz=UTC).date().isoformat()
-        days[day].add(rules, r)
-        if not r.test and r.kind == "debit":
-            active.add(r.stream)
+    for r in rollups:
+        n, u, tn, tu = (r.by_meter(p) for p in ("n:", "u:", "tn:", "tu:"))
+        for meter in sorted(_meters(r)):
+            args = (meter, n.get(meter, 0), u.get(meter, 0), tn.get(meter, 0),
+                    tu.get(meter, 0))
+            total.add(rules, *args)
+            days[r.day].add(rules, *args)
+        if any(n.values()):
+            active.add(r.account)
     return {
         "requests": total.requests,
         "test_requests": total.test_requests,
         "units": dict(sorted(total.units.items())),
         "test_units": dict(sorted(total.test_units.items())),
         "revenue_usd": pico_to_usd(total.revenue),
-        "provider_cost_usd": pico_to_usd(total.cost) if total.cost is not None else None,
+        "provider_cost_usd": pico_to_usd(total.cost),
+        "meters_without_cost": sorted(total.uncosted),
         "active_accounts": len(active),
         "by_day": [{"date": d, "requests": t.requests, "test_requests": t.test_requests,
                     "units": dict(sorted(t.units.items())),
@@ -193,47 +209,27 @@ def platform_usage(rules: Rules, records: list[Record]) -> dict[str, Any]:
     }
 
 
-def attribute_models(records: list[Record]) -> list[tuple[Record, str | None]]:
-    """Each record with the model of the request it belongs to (None: unknown)."""
-    debit_model: dict[int, str | None] = {}
-    by_rid: dict[tuple[str, str], int] = {}
-    # Debits without a request id, oldest first, per (stream, route, meter, key, user).
-    anonymous: dict[tuple[str, str, str, str, str], deque[int]] = defaultdict(deque)
-    settle_of: dict[int, int] = {}
-    for i, r in enumerate(records):
-        group = (r.stream, r.route, r.meter, r.key, r.user)
-        if r.kind == "debit":
-            debit_model[i] = None
-            if r.rid:
-                by_rid[(r.stream, r.rid)] = i
-            else:
-                anonymous[group].append(i)
-            continue
-        j = by_rid.pop((r.stream, r.rid), None) if r.rid else None
-        if j is None and anonymous[group]:
-            j = anonymous[group].popleft()
-        if j is not None:
-            settle_of[i] = j
-            debit_model[j] = r.model or None
-    out: list[tuple[Record, str | None]] = []
-    for i, r in enumerate(records):
-        if r.kind == "debit":
-            out.append((r, debit_model[i]))
-        elif i in settle_of:
-            out.append((r, debit_model[settle_of[i]]))
-        else:
-            out.append((r, r.model or None))
-    return out
-
-
-def model_economics(rules: Rules, records: list[Record]) -> list[dict[str, Any]]:
+def model_economics(rules: Rules, rollups: list[DayRollup]) -> list[dict[str, Any]]:
     rows: dict[tuple[str | None, str], _Tally] = defaultdict(_Tally)
-    for r, model in attribute_models(records):
-        rows[(model, r.meter)].add(rules, r)
+    for r in rollups:
+        n, u, tn, tu = (r.by_meter(p) for p in ("n:", "u:", "tn:", "tu:"))
+        mn, mu, tmn, tmu = (r.by_model(p) for p in ("mn:", "mu:", "tmn:", "tmu:"))
+        rest = {meter: [n.get(meter, 0), u.get(meter, 0), tn.get(meter, 0),
+                        tu.get(meter, 0)] for meter in _meters(r)}
+        for name, meter in set(mn) | set(mu) | set(tmn) | set(tmu):
+            got = (mn.get((name, meter), 0), mu.get((name, meter), 0),
+                   tmn.get((name, meter), 0), tmu.get((name, meter), 0))
+            rows[(name, meter)].add(rules, meter, got[0], got[1], got[2], got[3])
+            left = rest.setdefault(meter, [0, 0, 0, 0])
+            for i, v in enumerate(got):
+                left[i] -= v
+        for meter, (req, units, treq, tunits) in rest.items():
+            if req or units or treq or tunits:
+                rows[(None, meter)].add(rules, meter, req, units, treq, tunits)
     out = []
     for (model, meter), t in sorted(rows.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
-        price = _price(rules, meter)
-        cost = t.cost if price is not None and price[1] is not None else None
+        m = rules.meters.get(meter)
+        cost = t.cost if m is not None and m.cost_pico_usd_per_unit is not None else None
         out.append({
             "model": model,
             "meter": meter,
@@ -242,13 +238,13 @@ def model_economics(rules: Rules, records: list[Record]) -> list[dict[str, Any]]
             "test_requests": t.test_requests,
             "units": t.units.get(meter, 0),
             "provider_cost_usd": pico_to_usd(cost) if cost is not None else None,
-            "revenue_usd": pico_to_usd(t.revenue) if price is not None else None,
-            "margin_pct": margin_pct(t.revenue, cost) if price is not None else None,
+            "revenue_usd": pico_to_usd(t.revenue) if m is not None else None,
+            "margin_pct": margin_pct(t.revenue, cost) if m is not None else None,
         })
     return out
 
 
-async def _records(request: Request) -> tuple[Runtime, dict[str, Any], list[Record]]:
+async def _rollups(request: Request) -> tuple[Runtime, dict[str, Any], list[DayRollup]]:
     runtime: Runtime = request.app.state.runtime
     require_admin(request, runtime.settings.admin_token)
     unknown = set(request.query_params) - {"from", "to"}
@@ -258,21 +254,20 @@ async def _records(request: Request) -> tuple[Runtime, dict[str, Any], list[Reco
     end = _day_bound(request.query_params.get("to"), "to")
     if start and end and end < start:
         raise GatewayError("BAD_REQUEST", "to is before from")
-    records = await read_records(runtime.store, _ms(start) if start else None,
-                                 _ms(end + timedelta(days=1)) if end else None)
+    rollups = await read_rollups(runtime.store, start, end)
     bounds = {"from": start.isoformat() if start else None,
               "to": end.isoformat() if end else None}
-    return runtime, bounds, records
+    return runtime, bounds, rollups
 
 
 async def admin_usage(request: Request) -> Response:
-    runtime, bounds, records = await _records(request)
-    return _json({**bounds, **platform_usage(runtime.rules, records)})
+    runtime, bounds, rollups = await _rollups(request)
+    return _json({**bounds, **platform_usage(runtime.rules, rollups)})
 
 
 async def admin_model_economics(request: Request) -> Response:
-    runtime, bounds, records = await _records(request)
-    return _json({**bounds, "models": model_economics(runtime.rules, records)})
+    runtime, bounds, rollups = await _rollups(request)
+    return _json({**bounds, "models": model_economics(runtime.rules, rollups)})
 
 
 def economics_routes() -> list[Route]:

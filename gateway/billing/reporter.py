@@ -89,7 +89,9 @@ STORE_DEADLINE_S = 5.0   # background work: more patient than the hot path
 # already exists with identifier …" (the fake adds code resource_already_exists).
 DUPLICATE_CODES = frozenset({"resource_already_exists", "duplicate_meter_event"})
 
-# XACK a group and set (or clear) the carried credit in one atomic step.
+# XACK a group and set (or clear) the carried credit in one atomic step, then delete
+# what is reported: every entry older than the oldest one still pending (or, with none
+# pending, than the last one delivered), so a stream holds only unreported usage.
 # KEYS: 1 stream 2 carry hash. ARGV: 1 group 2 carry field ("" = none) 3 carry value
 # 4 carry TTL ms, 5… entry ids.
 ACK_LUA = """
@@ -102,7 +104,23 @@ if ARGV[2] ~= '' then
   end
 end
 if #ARGV < 5 then return 0 end
-return redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 5))
+local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 5))
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
+local cut = nil
+if tonumber(pending[1]) > 0 then
+  cut = pending[2]
+else
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == ARGV[1] then
+      local ms, seq = string.match(info['last-delivered-id'], '^(%d+)-(%d+)$')
+      if ms then cut = ms .. '-' .. string.format('%d', tonumber(seq) + 1) end
+    end
+  end
+end
+if cut then redis.call('XTRIM', KEYS[1], 'MINID', cut) end
+return n
 """
 # The lease: renew or release only while it is still ours.
 RENEW_LUA = """

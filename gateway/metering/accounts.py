@@ -51,6 +51,14 @@ class Account:
     def period_key(self, period: str) -> str:
         return self.period_prefix + period
 
+    @property
+    def day_prefix(self) -> str:
+        """Daily rollups `…:d:<YYYY-MM-DD>`: requests and units per meter and model."""
+        return self.key("d:")
+
+    def day_key(self, day: str) -> str:
+        return self.day_prefix + day
+
     def request_key(self, rid: str) -> str:
         return self.key("rid:" + rid)
 

@@ -31,8 +31,10 @@ class MeteringEngine:
         *,
         clock_ms: Callable[[], int] | None = None,
         observe_store: Callable[[str, float, bool], None] | None = None,
+        usage_retention_ms: int = 0,
     ) -> None:
         self.store = store
+        self.usage_retention_ms = usage_retention_ms  # usage records; 0 = keep
         self.scripts = Scripts.register(store)
         self.clock_ms = clock_ms            # tests inject time; production uses Redis TIME
         self._no_plan: dict[str, float] = {}
@@ -82,11 +84,12 @@ class MeteringEngine:
             reply = await self._run("debit", self.scripts.debit, [
                 account.config_key, account.windows_key, account.credits_key,
                 account.usage_stream, account.request_key(rid or "-"), account.period_prefix,
+                account.day_prefix,
             ], [
                 self._now_arg(), units, meter, pico, tables.by_meter[meter], default_plan,
                 key_windows, BUCKETS, rid, route, caller.key_id or "", caller.user,
                 int(caller.test), int(enforce), inactive, f"k:{caller.key_id}:",
-                int(replay),
+                int(replay), self.usage_retention_ms,
             ])
             leg = Leg.parse(account, reply)
             if leg.verdict == NO_PLAN:
@@ -138,13 +141,13 @@ class MeteringEngine:
         account = leg.account
         reply = await self._run("settle", self.scripts.settle, [
             account.credits_key, account.usage_stream, account.period_key(leg.period),
-            account.settled_key(request_id),
+            account.settled_key(request_id), account.day_prefix,
         ], [
             self._now_arg(), meter, rules.meters[meter].pico_usd_per_unit, decision.units,
             leg.quota_units, leg.credit_units, leg.credit_micro, leg.overage_units,
             leg.overage_micro, leg.grace_units, actual,
             tables.quota.get((leg.plan, meter), -1), int(tables.overage.get(leg.plan, False)),
             kind, route, model, request_id, caller.key_id or "", caller.user,
-            int(caller.test), leg.period, leg.plan,
+            int(caller.test), leg.period, leg.plan, leg.now_ms, self.usage_retention_ms,
         ])
         return int(reply[0])

@@ -10,12 +10,13 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.admin.economics import (
-    Record,
-    attribute_models,
+    DayRollup,
     margin_pct,
+    model_economics,
+    parse_rollup_key,
     pico_to_usd,
     platform_usage,
-    read_records,
+    read_rollups,
 )
 from gateway.metering.accounts import Account
 from gateway.rules import parse_rules
@@ -126,6 +127,7 @@ async def test_admin_usage_platform_totals(gw: RunningGateway) -> None:
         # 30 * $0.000002 + 330 * $0.000001; cost 30 * 0.0000015 + 330 * 0.0000004
         "revenue_usd": "0.000390",
         "provider_cost_usd": "0.000177",
+        "meters_without_cost": [],
         "active_accounts": 1,
         "by_day": [
             {"date": "2026-11-18", "requests": 3, "test_requests": 2, "units": {"fcu": 30},
@@ -186,21 +188,34 @@ def test_pico_to_usd_is_exact() -> None:
     assert margin_pct(100, 150) == -50.0
 
 
-def _rec(kind: str, units: int, rid: str = "", model: str = "", route: str = "/api/"
-         ) -> Record:
-    return Record("s", kind, "tokens", units, 0, False, rid, route, "k", "u", model)
+def test_rollup_keys() -> None:
+    assert parse_rollup_key("gw:{u:ann}:d:2026-11-18") == ("{u:ann}", "2026-11-18")
+    assert parse_rollup_key("gw:{ws:a:d:b}:d:2026-11-18") == ("{ws:a:d:b}", "2026-11-18")
+    assert parse_rollup_key("gw:{u:ann}:p:2026-11") is None
+    assert parse_rollup_key("other:d:2026-11-18") is None
 
 
-def test_attribution_prefers_the_request_id_then_oldest_unmatched_debit() -> None:
-    records = [
-        _rec("debit", 100, rid="r1"),      # idempotent request r1
-        _rec("debit", 100),                # a request without a client id
-        _rec("settle", -60, rid="g1", model="m-x"),  # id unknown: oldest anonymous debit
-        _rec("settle", 20, rid="r1", model="m-y"),
-        _rec("debit", 5, route="/other/"), # never settled: model unknown
-    ]
-    got = [(r.units, m) for r, m in attribute_models(records)]
-    assert got == [(100, "m-y"), (100, "m-x"), (-60, "m-x"), (20, "m-y"), (5, None)]
+RULES_NO_COST = RULES.replace(", cost_usd_per_unit: 0.0000015", "")
+
+
+def test_requests_without_a_model_are_the_rest_and_costs_may_be_missing() -> None:
+    rules = parse_rules(RULES_NO_COST.format(upstream="http://127.0.0.1:1"), filename="r.yaml")
+    day = DayRollup("{u:ann}", "2026-11-18", {
+        "n:tokens": 5, "u:tokens": 900, "mn:m-x:tokens": 2, "mu:m-x:tokens": 300,
+        "mn:a:b:tokens": 1, "mu:a:b:tokens": 100,   # a model name with colons
+        "n:fcu": 4, "u:fcu": 40, "tn:fcu": 1, "tu:fcu": 10})
+    rows = {(r["model"], r["meter"]): r for r in model_economics(rules, [day])}
+    assert set(rows) == {(None, "fcu"), (None, "tokens"), ("m-x", "tokens"),
+                         ("a:b", "tokens")}
+    assert (rows[(None, "tokens")]["requests"], rows[(None, "tokens")]["units"]) == (2, 500)
+    assert rows[("a:b", "tokens")]["units"] == 100
+    fcu = rows[(None, "fcu")]
+    assert (fcu["requests"], fcu["test_requests"], fcu["units"]) == (4, 1, 40)
+    assert (fcu["provider_cost_usd"], fcu["margin_pct"], fcu["revenue_usd"]) == (
+        None, None, "0.000080")
+    usage = platform_usage(rules, [day])
+    assert usage["meters_without_cost"] == ["fcu"]
+    assert usage["provider_cost_usd"] == "0.000360"  # 900 tokens * $0.0000004
 
 
 async def every_node_ready(cluster: RedisCluster, within_s: float = 20) -> None:
@@ -217,7 +232,7 @@ async def every_node_ready(cluster: RedisCluster, within_s: float = 20) -> None:
             await client.aclose()
 
 
-async def test_streams_on_every_cluster_node_are_counted() -> None:
+async def test_rollups_on_every_cluster_node_are_counted() -> None:
     cluster = start_cluster()
     try:
         await every_node_ready(cluster)
@@ -227,9 +242,9 @@ async def test_streams_on_every_cluster_node_are_counted() -> None:
             accounts = [Account("user", f"u{i}") for i in range(12)]  # spread over slots
             for i, a in enumerate(accounts):
                 assert (await d.debit(a, 1 + i, DAY1)).verdict == 1
-            records = await read_records(store, None, None)
+            rollups = await read_rollups(store, None, None)
             rules = parse_rules(RULES.format(upstream="http://127.0.0.1:1"), filename="r.yaml")
-            usage = platform_usage(rules, records)
+            usage = platform_usage(rules, rollups)
             assert (usage["requests"], usage["units"], usage["active_accounts"]) == (
                 12, {"fcu": 78}, 12)
             assert usage["revenue_usd"] == "0.000156"

@@ -29,7 +29,6 @@ from gateway.billing.reporter import (
 from gateway.billing.stripe_client import build_stripe_client
 from gateway.config import Settings
 from gateway.metering.accounts import Account
-from gateway.metering.plans import BUCKETS
 from gateway.metering.verdict import Leg
 from gateway.metrics import Metrics
 from gateway.store import Store, open_store
@@ -79,12 +78,7 @@ def reporter(store: Store, fake: FakeStripe, metrics: Metrics | None = None) -> 
 
 async def debit_test_key(d: Driver, account: Account, units: int, now: int) -> Leg:
     """The driver's debit, but for a gw_test_ key (ARGV 13 = 1)."""
-    reply = await d.debit_script(keys=[
-        account.config_key, account.windows_key, account.credits_key,
-        account.usage_stream, account.request_key("-"), account.period_prefix,
-    ], args=[str(now), units, d.meter, d.pico, d.table, d.default_plan, "", BUCKETS, "",
-             "/api/", "key-test", account.id, 1, 1, "fallback", "k:key-test:", 0])
-    return Leg.parse(account, reply)
+    return await d.debit(account, units, now, test=True)
 
 
 async def pending(store: Store, account: Account) -> int:
@@ -116,6 +110,7 @@ async def test_overage_is_sent_once_per_window(store: Store, fake: FakeStripe) -
     idents = [p["identifier"] for p in posts(fake)]
     assert len(set(idents)) == 2 and all(i.startswith("gw-") for i in idents)
     assert await pending(store, ALICE) == 0
+    assert await store.client.xlen(ALICE.usage_stream) == 0  # reported: deleted
     assert (r.backlog, r.lag_s) == (0, 0.0)
     assert metrics.meter_events_sent.labels("fcu", "sent")._value.get() == 2
     # A second run: nothing new, nothing sent.
@@ -161,6 +156,7 @@ async def test_stripe_failures_lose_nothing_and_the_next_run_delivers(
     assert (r.sent, r.failures, r.acked) == (0, 1, 0)
     assert meter_events(fake) == []
     assert await pending(store, ALICE) == 2    # read, not acknowledged
+    assert await store.client.xlen(ALICE.usage_stream) == 2   # and still there
     assert r.backlog == 2 and r.lag_s >= 0
     assert metrics.report_backlog._value.get() == 2
     reason = {"500": "stripe_unavailable", "429": "rate_limited", "outage": "stripe_unavailable",
@@ -176,6 +172,7 @@ async def test_stripe_failures_lose_nothing_and_the_next_run_delivers(
     assert (r2.sent, r2.duplicates, r2.acked) == (2, 0, 2)
     assert sent(fake) == [(cus, "30", H0 // 1000, "fcu"), (cus, "12", H1 // 1000, "fcu")]
     assert await pending(store, ALICE) == 0
+    assert await store.client.xlen(ALICE.usage_stream) == 0
     assert metrics.report_backlog._value.get() == 0
 
 
@@ -282,6 +279,7 @@ async def test_an_account_without_customer_waits(
     r = await rep.run_once()
     assert (r.sent, r.no_customer, r.acked) == (0, 1, 0)
     assert await pending(store, TEAM) == 1 and posts(fake) == []
+    assert await store.client.xlen(TEAM.usage_stream) == 1  # unreported: kept
     assert metrics.report_failures.labels("no_customer")._value.get() == 1
     await rep.run_once(ignore_backoff=True)
     warnings = [m for m in caplog.messages if "no Stripe customer" in m]

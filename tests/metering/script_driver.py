@@ -26,6 +26,7 @@ class Driver:
     default_plan: str = "free"
     meter: str = "fcu"
     pico: int = PICO_FCU
+    retention_ms: int = 0  # usage records kept (0 = forever)
 
     def __post_init__(self) -> None:
         c = self.store.client
@@ -33,27 +34,37 @@ class Driver:
         self.settle_script = c.register_script(lua_source("settle.lua"))
 
     async def debit(self, account: Account, units: int, now: int | None, rid: str = "",
-                    route: str = "/api/", enforce: bool = True, key_windows: str = "") -> Leg:
-        reply = await self.debit_script(keys=[
+                    route: str = "/api/", enforce: bool = True, key_windows: str = "",
+                    test: bool = False, inactive: str = "fallback") -> Leg:
+        reply = await self.debit_reply(account, units, now, rid, route, enforce, key_windows,
+                                       test, inactive)
+        return Leg.parse(account, reply)
+
+    async def debit_reply(self, account: Account, units: int, now: int | None, rid: str = "",
+                          route: str = "/api/", enforce: bool = True, key_windows: str = "",
+                          test: bool = False, inactive: str = "fallback") -> Any:
+        key = "key-test" if test else "key1"
+        return await self.debit_script(keys=[
             account.config_key, account.windows_key, account.credits_key,
             account.usage_stream, account.request_key(rid or "-"), account.period_prefix,
+            account.day_prefix,
         ], args=[
             "" if now is None else str(now), units, self.meter, self.pico, self.table,
-            self.default_plan, key_windows, BUCKETS, rid, route, "key1", account.id, 0,
-            int(enforce), "fallback", "k:key1:", 0,
+            self.default_plan, key_windows, BUCKETS, rid, route, key, account.id, int(test),
+            int(enforce), inactive, f"k:{key}:", 0, self.retention_ms,
         ])
-        return Leg.parse(account, reply)
 
     async def settle(self, leg: Leg, units: int, actual: int, rid: str, now: int | None,
                      quota: int, overage: bool, kind: str = "settle", model: str = "") -> Any:
         a = leg.account
         return await self.settle_script(keys=[
             a.credits_key, a.usage_stream, a.period_key(leg.period), a.settled_key(rid),
+            a.day_prefix,
         ], args=[
             "" if now is None else str(now), self.meter, self.pico, units, leg.quota_units,
             leg.credit_units, leg.credit_micro, leg.overage_units, leg.overage_micro,
             leg.grace_units, actual, quota, int(overage), kind, "/api/", model, rid, "key1",
-            a.id, 0, leg.period, leg.plan,
+            a.id, 0, leg.period, leg.plan, leg.now_ms, self.retention_ms,
         ])
 
     async def stream_units(self, account: Account) -> int:

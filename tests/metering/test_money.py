@@ -111,11 +111,7 @@ async def test_subscription_status_policy(store: Store) -> None:
 async def test_inactive_subscription_denied_under_deny_policy(store: Store) -> None:
     d = Driver(store, TABLE)
     await set_plan(store, USER, "free", status="unpaid")
-    reply = await d.debit_script(keys=[
-        USER.config_key, USER.windows_key, USER.credits_key, USER.usage_stream,
-        USER.request_key("-"), USER.period_prefix,
-    ], args=[str(T0), 1, "fcu", d.pico, TABLE, "free", "", 20, "", "/api/", "k", "alice", 0,
-             1, "deny", "k:k:", 0])
+    reply = await d.debit_reply(USER, 1, T0, inactive="deny")
     assert reply[0] == 0 and reply[1] == b"SUBSCRIPTION_INACTIVE"
 
 
@@ -223,6 +219,12 @@ def test_conservation_units_charged_equal_units_recorded(
             # "disconnect" with nothing reported settles at the reserve: no call at all.
         assert await d.stream_units(USER) == charged
         assert await d.period_field(USER, "2026-11", "u:fcu") == charged
+        # The day's rollup (admin usage and economics) agrees, request for request.
+        day = {k.decode(): int(v) for k, v in
+               (await store.client.hgetall(USER.day_key("2026-11-18"))).items()}
+        admitted = sum(1 for _, f in await store.client.xrange(USER.usage_stream)
+                       if f[b"kind"] == b"debit")
+        assert (day.get("u:fcu", 0), day.get("n:fcu", 0)) == (charged, admitted)
         entries = await store.client.xrange(USER.usage_stream)
         spent = sum(int(f[b"cm"]) for _, f in entries)
         left = int(await store.client.get(USER.credits_key) or 0)
@@ -239,6 +241,42 @@ async def test_counters_expire_so_idle_accounts_cost_no_memory(store: Store) -> 
     await d.debit(USER, 1, T0)
     await d.debit(USER, 1, T0 + 1)
     period_ttl = await store.client.pttl(USER.period_key("2026-11"))
+    day_ttl = await store.client.pttl(USER.day_key("2026-11-18"))
     window_ttl = await store.client.pttl(USER.windows_key)
     assert 300 * 86_400_000 < period_ttl <= 34_214_400_000  # ~13 months of history
+    assert 300 * 86_400_000 < day_ttl <= 34_214_400_000
     assert 60_000 < window_ttl <= 120_000                   # twice the 60 s window
+
+
+async def test_rollups_count_each_utc_day_and_test_keys_apart(store: Store) -> None:
+    d = Driver(store, TABLE, default_plan="payg")
+    late = ms(2026, 11, 18, 23, 59, 59)
+    leg = await d.debit(USER, 10, late, rid="late")
+    await d.debit(USER, 3, late + 2_000)                 # 2026-11-19
+    await d.debit(USER, 4, late + 3_000, test=True)
+    # Settled after midnight: the change lands on the day the request was admitted.
+    await d.settle(leg, 10, 25, "late", late + 5_000, quota=0, overage=True, model="m-1")
+
+    async def day(name: str) -> dict[str, int]:
+        raw = await store.client.hgetall(USER.day_key(name))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    assert await day("2026-11-18") == {"n:fcu": 1, "u:fcu": 25, "mn:m-1:fcu": 1,
+                                       "mu:m-1:fcu": 25}
+    assert await day("2026-11-19") == {"n:fcu": 1, "u:fcu": 3, "tn:fcu": 1, "tu:fcu": 4}
+
+
+async def test_usage_records_older_than_the_retention_are_dropped(store: Store) -> None:
+    """XADD … MINID ~ (Redis' clock - retention): whole old stream nodes go, new stay."""
+    d = Driver(store, TABLE, default_plan="payg")
+    for i in range(250):
+        await d.debit(USER, 1, T0 + i)
+    assert await store.client.xlen(USER.usage_stream) == 250
+    await asyncio.sleep(0.05)
+    d.retention_ms = 20
+    await d.debit(USER, 1, T0 + 300)
+    left = await store.client.xrange(USER.usage_stream)
+    assert len(left) <= 151            # at least the oldest full node (100 entries) went
+    assert left[-1][1][b"t"] == str(T0 + 300).encode()
+    # Counters are not records: the period still holds every unit.
+    assert await d.period_field(USER, "2026-11", "u:fcu") == 251

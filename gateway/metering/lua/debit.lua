@@ -6,6 +6,7 @@
 --
 -- KEYS: 1 account hash   2 window hash   3 credit balance (micro-USD)
 --       4 usage stream   5 request-id record   6 period-hash prefix ("…:p:")
+--       7 daily-rollup prefix ("…:d:")
 -- ARGV: 1 now_ms ("" = Redis TIME; tests inject a clock)
 --       2 units            3 meter              4 pico-USD per unit
 --       5 plan table for this meter (see gateway/metering/plans.py)
@@ -16,6 +17,7 @@
 --      15 inactive policy: "deny" | "fallback"     16 key-window field prefix
 --      17 replay (1: a journaled request served while the store was down; its time
 --         has passed, so no window is checked or written)
+--      18 usage-record retention in ms (0 = keep; see append_usage in lib.lua)
 --
 -- Reply (flat array, see gateway/metering/verdict.py):
 --  1 verdict 1 admit, 0 deny, 2 no plan (try the next account), 3 duplicate request id
@@ -24,8 +26,8 @@
 --  13 overage micro  14 grace units  15 quota remaining  16 period  17 now_ms  18 plan
 --  19 money_ok  20 scope of the binding window ("account" | "key")  21 period end ms
 
-local acct_key, win_key, credits_key, stream_key, rid_key, period_prefix =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local acct_key, win_key, credits_key, stream_key, rid_key, period_prefix, day_prefix =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 
 local now = clock_ms(ARGV[1])
 
@@ -236,10 +238,19 @@ if cm > 0 then redis.call('DECRBY', credits_key, cm) end
 -- Kept ~13 months: usage history outlives the period for invoices and disputes.
 if period_is_new then redis.call('PEXPIRE', period_key, 34214400000) end
 
-redis.call('XADD', stream_key, '*', 'kind', 'debit', 'rid', rid, 'meter', meter,
+-- The day's rollup (platform usage and economics, gateway/admin/economics.py); test
+-- keys count apart ('t' prefix). Kept as long as the period hashes.
+local day_key = day_prefix .. day_at(now)
+local tp = ARGV[13] == '1' and 't' or ''
+if redis.call('HINCRBY', day_key, tp .. 'n:' .. meter, 1) == 1 then
+  redis.call('PEXPIRE', day_key, 34214400000)
+end
+redis.call('HINCRBY', day_key, tp .. 'u:' .. meter, units)
+
+append_usage(stream_key, tonumber(ARGV[18]), {'kind', 'debit', 'rid', rid, 'meter', meter,
   'units', fmt(units), 'q', fmt(take_q), 'c', fmt(take_c), 'cm', fmt(cm),
   'o', fmt(take_o), 'om', fmt(om), 'g', fmt(take_g), 'period', period, 'route', route,
-  'key', ARGV[11], 'user', ARGV[12], 'test', ARGV[13], 'plan', plan, 't', fmt(now))
+  'key', ARGV[11], 'user', ARGV[12], 'test', ARGV[13], 'plan', plan, 't', fmt(now)})
 
 if rid ~= '' then
   redis.call('HSET', rid_key, 'reply', cjson.encode(reply), 'meter', meter,

@@ -19,14 +19,20 @@ local function clock_ms(arg)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The billing period at `now`: the subscription's while it runs, else the UTC calendar
--- month. Returns the period id (a key suffix), its start and its end in ms.
-local function period_at(now, p_start, p_end)
-  if p_start and p_end and now >= p_start and now < p_end then
-    return 's' .. fmt(p_start), p_start, p_end
-  end
-  -- civil-from-days and days-from-civil (H. Hinnant), integer arithmetic only
-  local z = math.floor(now / 86400000) + 719468
+-- Days since 1970-01-01 of a civil date, and the civil date of a day number
+-- (H. Hinnant's algorithms; integer arithmetic only).
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function civil_from_days(days)
+  local z = days + 719468
   local era = math.floor(z / 146097)
   local doe = z - era * 146097
   local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
@@ -34,20 +40,41 @@ local function period_at(now, p_start, p_end)
   local y = yoe + era * 400
   local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
   local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
   local m = mp < 10 and mp + 3 or mp - 9
   if m <= 2 then y = y + 1 end
-  local function days(yy, mm)
-    if mm <= 2 then yy = yy - 1 end
-    local e = math.floor(yy / 400)
-    local yoe2 = yy - e * 400
-    local mp2 = mm > 2 and mm - 3 or mm + 9
-    local doy2 = math.floor((153 * mp2 + 2) / 5)
-    local doe2 = yoe2 * 365 + math.floor(yoe2 / 4) - math.floor(yoe2 / 100) + doy2
-    return e * 146097 + doe2 - 719468
+  return y, m, d
+end
+
+-- The billing period at `now`: the subscription's while it runs, else the UTC calendar
+-- month. Returns the period id (a key suffix), its start and its end in ms.
+local function period_at(now, p_start, p_end)
+  if p_start and p_end and now >= p_start and now < p_end then
+    return 's' .. fmt(p_start), p_start, p_end
   end
+  local y, m = civil_from_days(math.floor(now / 86400000))
   local ny, nm = y, m + 1
   if nm > 12 then ny, nm = y + 1, 1 end
-  return string.format('%04d-%02d', y, m), days(y, m) * 86400000, days(ny, nm) * 86400000
+  return string.format('%04d-%02d', y, m), days_from_civil(y, m, 1) * 86400000,
+    days_from_civil(ny, nm, 1) * 86400000
+end
+
+-- The UTC day of `ms` ("2026-11-18"): the key suffix of an account's daily rollup.
+local function day_at(ms)
+  return string.format('%04d-%02d-%02d', civil_from_days(math.floor(ms / 86400000)))
+end
+
+-- Usage records are kept `retention_ms` by Redis' own clock (which also stamps their
+-- ids), whatever clock a test injects; the reporter deletes them sooner, once reported.
+-- 0 keeps them forever.
+local function append_usage(stream_key, retention_ms, record)
+  if retention_ms > 0 then
+    local t = redis.call('TIME')
+    local cut = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - retention_ms
+    redis.call('XADD', stream_key, 'MINID', '~', fmt(cut), '*', unpack(record))
+  else
+    redis.call('XADD', stream_key, '*', unpack(record))
+  end
 end
 
 -- One sliding window's state: the buckets overlapping the trailing window.

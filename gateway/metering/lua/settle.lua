@@ -6,15 +6,19 @@
 -- record; a "settled" marker on the request-id record makes a repeat a no-op.
 --
 -- KEYS: 1 credit balance   2 usage stream   3 period hash   4 settle marker
+--       5 daily-rollup prefix ("…:d:")
 -- ARGV: 1 now_ms ("" = TIME)  2 meter  3 pico/unit  4 units debited  5 quota units
 --       6 credit units  7 credit micro  8 overage units  9 overage micro  10 grace units
 --      11 actual units  12 quota total (plan, -1 none)  13 overage allowed (0/1)
 --      14 kind ("settle" | "refund")  15 route  16 model ("" none)  17 rid
 --      18 key id  19 user  20 test  21 period  22 plan
+--      23 the debit's time in ms (its day's rollup takes the change)
+--      24 usage-record retention in ms (0 = keep)
 -- Reply: {delta units, quota units, credit units, credit micro, overage units,
 --         overage micro, grace units}  (the debit's pools after settlement)
 
-local credits_key, stream_key, period_key, marker_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local credits_key, stream_key, period_key, marker_key, day_prefix =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = clock_ms(ARGV[1])
 
 local meter, pico = ARGV[2], tonumber(ARGV[3])
@@ -76,13 +80,19 @@ if delta ~= 0 then
   redis.call('HINCRBY', period_key, 'u:' .. meter, delta)
   redis.call('HINCRBY', period_key, 'ru:' .. ARGV[15] .. ':' .. meter, delta)
 end
+-- The rollup of the day the request was admitted, so a day's requests and units agree.
+local day_key = day_prefix .. day_at(tonumber(ARGV[23]))
+local tp = ARGV[20] == '1' and 't' or ''
+if delta ~= 0 then redis.call('HINCRBY', day_key, tp .. 'u:' .. meter, delta) end
 if ARGV[16] ~= '' then
   redis.call('HINCRBY', period_key, 'mu:' .. ARGV[16] .. ':' .. meter, actual)
   redis.call('HINCRBY', period_key, 'mn:' .. ARGV[16], 1)
+  redis.call('HINCRBY', day_key, tp .. 'mu:' .. ARGV[16] .. ':' .. meter, actual)
+  redis.call('HINCRBY', day_key, tp .. 'mn:' .. ARGV[16] .. ':' .. meter, 1)
 end
-redis.call('XADD', stream_key, '*', 'kind', ARGV[14], 'rid', ARGV[17], 'meter', meter,
-  'units', fmt(delta), 'q', fmt(d_q), 'c', fmt(d_c), 'cm', fmt(d_cm), 'o', fmt(d_o),
-  'om', fmt(d_om), 'g', fmt(d_g), 'period', ARGV[21], 'route', ARGV[15],
+append_usage(stream_key, tonumber(ARGV[24]), {'kind', ARGV[14], 'rid', ARGV[17],
+  'meter', meter, 'units', fmt(delta), 'q', fmt(d_q), 'c', fmt(d_c), 'cm', fmt(d_cm),
+  'o', fmt(d_o), 'om', fmt(d_om), 'g', fmt(d_g), 'period', ARGV[21], 'route', ARGV[15],
   'model', ARGV[16], 'key', ARGV[18], 'user', ARGV[19], 'test', ARGV[20],
-  'plan', ARGV[22], 't', fmt(now))
+  'plan', ARGV[22], 't', fmt(now)})
 return {delta, q + d_q, c + d_c, cm + d_cm, o + d_o, om + d_om, g + d_g}

@@ -4,15 +4,22 @@
   timestamps older than 300 s are refused (a captured delivery cannot be replayed).
   Failures answer 400 INVALID_SIGNATURE; without STRIPE_WEBHOOK_SECRET (or
   STRIPE_API_KEY) the endpoint answers 503 BILLING_DISABLED.
-- Exactly once by event id: `SET gw:stripe:event:<id> processing NX EX 7d` before the
-  handler, `done` after it. A second delivery (even concurrent with the first) answers
-  200 {"received": true, "duplicate": true}. When the handler fails the marker is
-  deleted and the answer is 500, so Stripe delivers the event again.
+- Exactly once by event id: the marker `gw:stripe:event:<id>` is claimed as `processing`
+  for a lease (LEASE_S) before the handler runs and becomes `done` (kept 7 days, longer
+  than Stripe retries) after it. A delivery of a `done` event answers 200
+  {"received": true, "duplicate": true}. A delivery that finds the event `processing`
+  (Stripe sending it twice at once) waits up to WAIT_S for the first to finish: then it
+  is a duplicate if that succeeded, or runs the handler itself if it failed; still
+  running after WAIT_S, it answers 409 EVENT_IN_PROGRESS and Stripe delivers it again
+  later. When the handler fails the marker is deleted and the answer is 500, so Stripe
+  delivers the event again; a process that dies mid-handler leaves a claim that expires
+  with its lease, so the event is never lost to a crash.
 - The handlers (`events.py`) re-fetch state from Stripe, so order does not matter.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -33,6 +40,9 @@ PATH = "/billing/webhook"
 TOLERANCE_S = 300
 EVENT_PREFIX = "gw:stripe:event:"
 MARKER_TTL_S = 7 * 24 * 3600  # longer than Stripe retries a delivery (3 days)
+LEASE_S = 300                 # handlers re-fetch from Stripe (SDK retries included)
+WAIT_S = 10.0
+POLL_S = 0.05
 MAX_BODY = 1024 * 1024
 
 
@@ -70,10 +80,15 @@ async def receive(request: Request) -> JSONResponse:
     label = event_type if event_type in events.HANDLERS else "other"
     store = runtime.store
     marker = EVENT_PREFIX + event_id
-    if not await store.call(store.client.set(marker, "processing", nx=True,
-                                             ex=MARKER_TTL_S)):
+    state = await _claim(store, marker)
+    if state == "done":
         metrics.labels(label, "duplicate").inc()
         return JSONResponse({"received": True, "duplicate": True})
+    if state is not None:
+        metrics.labels(label, "in_progress").inc()
+        raise GatewayError("EVENT_IN_PROGRESS", f"event {event_id} is being processed by "
+                           "another delivery; retry", headers={"Retry-After": "30"},
+                           retry_after=30)
     try:
         result = await events.handle(runtime, client, event)
     except Exception as exc:
@@ -91,6 +106,26 @@ async def receive(request: Request) -> JSONResponse:
     await store.call(store.client.set(marker, "done", xx=True, ex=MARKER_TTL_S))
     metrics.labels(label, "ignored" if result.get("ignored") else "processed").inc()
     return JSONResponse(result)
+
+
+async def _claim(store: Store, marker: str) -> str | None:
+    """None when this delivery now owns the event; else "done", or "processing" when
+    another delivery still holds it after WAIT_S."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
+    client = store.client
+    while True:
+        # SET NX is the claim (two deliveries never both win it); GET only reads whose
+        # it is, and finding nothing means it was just given back: claim again.
+        if await store.call(client.set(marker, "processing", nx=True, ex=LEASE_S)):
+            return None
+        state = await store.read(lambda: client.get(marker))
+        if state is None:
+            continue
+        text = state.decode() if isinstance(state, bytes) else str(state)
+        if text == "done" or loop.time() >= deadline:
+            return text
+        await asyncio.sleep(POLL_S)
 
 
 async def _forget(store: Store, marker: str) -> None:

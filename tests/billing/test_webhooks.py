@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.billing import events, webhooks
 from gateway.billing.customers import Customers
 from gateway.metering.accounts import Account
 from tests.fakes.stripe_server import FakeStripe, running_fake_stripe, stripe_settings
@@ -386,6 +387,55 @@ async def test_concurrent_duplicate_deliveries_process_once(
     more = [event("checkout.session.async_payment_succeeded", session) for _ in range(5)]
     await asyncio.gather(*(deliver(gw, e) for e in more))
     assert await credits(gw) == 7_000_000
+
+
+async def test_a_crash_mid_handler_does_not_lose_the_event(
+        gw: RunningGateway, fake: FakeStripe, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim left by a process that died mid-handler blocks redeliveries only for its
+    lease: while it holds they get 409 (Stripe retries), after it the event runs."""
+    monkeypatch.setattr(webhooks, "WAIT_S", 0.2)
+    session = fake.put("checkout.session", topup_session("cs_crash", "paid", 3_000_000))
+    evt = event("checkout.session.completed", session)
+    marker = webhooks.EVENT_PREFIX + evt["id"]
+    # The dead process's claim, as `receive` writes it.
+    await gw.runtime.store.client.set(marker, "processing", ex=webhooks.LEASE_S)
+    r = await deliver(gw, evt)
+    assert (r.status_code, r.json()["code"]) == (409, "EVENT_IN_PROGRESS")
+    assert r.headers["retry-after"] == "30" and await credits(gw) == 0
+    # The lease runs out (here: expires now); Stripe's next delivery is processed.
+    await gw.runtime.store.client.pexpire(marker, 1)
+    await asyncio.sleep(0.01)
+    r = await deliver(gw, evt)
+    assert r.status_code == 200 and r.json() == {"received": True,
+                                                 "credits_micro_usd": 3_000_000}
+    assert await credits(gw) == 3_000_000
+    r = await deliver(gw, evt)
+    assert r.json() == {"received": True, "duplicate": True}
+
+
+async def test_a_delivery_waits_for_a_concurrent_one_that_fails(
+        gw: RunningGateway, fake: FakeStripe, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two deliveries at once, the first fails (Stripe down while it re-fetches): the
+    second, which waited, runs the handler itself instead of calling it a duplicate."""
+    session = fake.put("checkout.session", topup_session("cs_flaky", "paid", 2_000_000))
+    evt = event("checkout.session.completed", session)
+    real = events.handle
+    calls = 0
+
+    async def flaky(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.3)
+            raise RuntimeError("the first delivery fails")
+        return await real(*args)
+
+    monkeypatch.setattr(events, "handle", flaky)
+    first, second = await asyncio.gather(deliver(gw, evt), deliver(gw, evt))
+    assert sorted([first.status_code, second.status_code]) == [200, 500]
+    ok = first if first.status_code == 200 else second
+    assert ok.json() == {"received": True, "credits_micro_usd": 2_000_000}
+    assert await credits(gw) == 2_000_000 and calls == 2
 
 
 async def test_topup_unpaid_then_async_payment_succeeded(

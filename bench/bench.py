@@ -320,7 +320,8 @@ def command_calls(redis_url: str) -> dict[str, int]:
 def run_wrk(procs: Processes, url: str, headers: Mapping[str, str], connections: int,
             duration_s: float) -> WrkResult:
     """One wrk run with one thread: on 2 cores wrk takes one, the gateway the other."""
-    args = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency",
+    # wrk takes whole seconds only ("-d1.5s" is a usage error).
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{max(round(duration_s), 1)}s", "--latency",
             "--timeout", "5s"]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]

@@ -89,7 +89,7 @@ class GatewayApp:
                          client=client.ip)
             weight = routing.rules.weigh(method, path)
             charge = Charge(self.runtime.engine, self.metrics, routing.rules, routing.tables,
-                            caller, weight, route_name, request_id)
+                            caller, weight, route_name, request_id, f"{method} {path}")
             entry.update(meter=weight.meter.name, units=charge.units)
             extra = [(b"x-request-id", request_id.encode())]
             if charge.units > 0:

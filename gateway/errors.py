@@ -35,6 +35,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "BAD_REQUEST": (400, "Bad request"),
     "CONFLICT": (409, "Conflict"),
     "EVENT_IN_PROGRESS": (409, "Webhook event being processed"),
+    "REQUEST_ID_REUSED": (409, "Request id already used for another request"),
     "RATE_LIMITED": (429, "Too many requests"),
     "QUOTA_EXHAUSTED": (402, "Quota exhausted"),
     "INSUFFICIENT_CREDITS": (402, "Insufficient credits"),

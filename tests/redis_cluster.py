@@ -53,14 +53,20 @@ def start_cluster(size: int = 3) -> RedisCluster:
             [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
              "--cluster-replicas", "0", "--cluster-yes"],
             check=True, capture_output=True, timeout=30)
+        # Every node must agree the cluster is up: a client may start at any of them, and
+        # one that still says CLUSTERDOWN makes a test flaky.
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            info = subprocess.run([cli, "-p", str(nodes[0].port), "cluster", "info"],
+        waiting = list(nodes)
+        while waiting and time.monotonic() < deadline:
+            info = subprocess.run([cli, "-p", str(waiting[0].port), "cluster", "info"],
                                   capture_output=True, text=True, timeout=5).stdout
             if "cluster_state:ok" in info:
-                return RedisCluster(nodes)
-            time.sleep(0.1)
-        raise RuntimeError("the cluster did not become ready")
+                waiting.pop(0)
+            else:
+                time.sleep(0.1)
+        if waiting:
+            raise RuntimeError("the cluster did not become ready")
+        return RedisCluster(nodes)
     except BaseException:
         for n in nodes:
             n.stop()

@@ -37,6 +37,7 @@ class Charge:
     weight: Weight
     route: str
     request_id: str
+    fingerprint: str = ""  # method, path and cost: what a client's request id names
     decision: Decision | None = None
     observer: UsageObserver | None = None
 
@@ -52,7 +53,7 @@ class Charge:
         decision = await self.engine.admit(
             self.rules, self.tables, self.caller, meter=meter, units=self.units,
             route=self.route, request_id=self.request_id, idempotent=idempotent,
-            enforce=enforce)
+            enforce=enforce, fingerprint=f"{self.fingerprint} {meter} {self.units}")
         self.decision = decision
         leg = decision.leg
         scope = leg.account.scope if leg else "none"

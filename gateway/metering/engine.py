@@ -12,10 +12,20 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.caller import Caller
+from gateway.errors import GatewayError
 from gateway.metering.accounts import Account
-from gateway.metering.plans import BUCKETS, PlanTables
+from gateway.metering.plans import BUCKETS, PlanTables, key_window_spec
 from gateway.metering.scripts import Scripts
-from gateway.metering.verdict import ADMIT, DUPLICATE, NO_PLAN, Decision, Leg, refuse
+from gateway.metering.verdict import (
+    ADMIT,
+    DUPLICATE,
+    NO_PLAN,
+    PASSED,
+    REUSED,
+    Decision,
+    Leg,
+    refuse,
+)
 from gateway.store import Store
 
 if TYPE_CHECKING:
@@ -66,21 +76,27 @@ class MeteringEngine:
         idempotent: bool,
         enforce: bool,
         replay: bool = False,
+        fingerprint: str = "",
     ) -> Decision:
-        """Debit `units` of `meter` from the first account that admits them."""
+        """Debit `units` of `meter` from the first account that admits them.
+
+        With `idempotent`, `request_id` names the request (`fingerprint`: its method,
+        path and cost): a repeat is answered from the first debit and charged nothing, a
+        repeat that is another request is refused (409 REQUEST_ID_REUSED).
+        """
         legs: list[Leg] = []
+        shadow = False
         accounts: list[tuple[Account, str]] = []
         if caller.workspace and self._no_plan.get(caller.workspace, 0.0) < time.monotonic():
             accounts.append((Account("workspace", caller.workspace),
                              rules.defaults.workspace_plan or ""))
         accounts.append((Account("user", caller.user), rules.defaults.user_plan or ""))
-        key_windows = ""
-        if caller.key_limit and caller.key_window_s:
-            key_windows = f"{caller.key_limit}:{caller.key_window_s * 1000}"
+        key_windows = _own_key_windows(caller)
         pico = rules.meters[meter].pico_usd_per_unit
         inactive = rules.billing.inactive if rules.billing else "fallback"
-        for account, default_plan in accounts:
-            rid = request_id if idempotent else ""
+        rid = request_id if idempotent else ""
+        for i, (account, default_plan) in enumerate(accounts):
+            followed = i < len(accounts) - 1
             reply = await self._run("debit", self.scripts.debit, [
                 account.config_key, account.windows_key, account.credits_key,
                 account.usage_stream, account.request_key(rid or "-"), account.period_prefix,
@@ -89,7 +105,7 @@ class MeteringEngine:
                 self._now_arg(), units, meter, pico, tables.by_meter[meter], default_plan,
                 key_windows, BUCKETS, rid, route, caller.key_id or "", caller.user,
                 int(caller.test), int(enforce), inactive, f"k:{caller.key_id}:",
-                int(replay), self.usage_retention_ms,
+                int(replay), self.usage_retention_ms, fingerprint, int(followed and bool(rid)),
             ])
             leg = Leg.parse(account, reply)
             if leg.verdict == NO_PLAN:
@@ -97,12 +113,20 @@ class MeteringEngine:
                     self._no_plan[account.id] = time.monotonic() + NO_PLAN_TTL_S
                     self._trim_no_plan()
                 continue
+            if leg.verdict == PASSED:
+                continue  # refused this request id before: the next account decides
+            if leg.verdict == REUSED:
+                return Decision(admitted=False, units=units, error=GatewayError(
+                    "REQUEST_ID_REUSED", f"X-Request-Id {request_id} was already used for "
+                    "another request; send a new id for a new request"))
             if leg.verdict in (ADMIT, DUPLICATE):
                 return Decision(admitted=True, units=units, leg=leg,
                                 charged=leg.verdict == ADMIT, legs=[*legs, leg])
-            if not enforce and not leg.code:
-                # Shadow mode and this account would admit: proxy, charge nothing.
-                return Decision(admitted=True, units=units, leg=leg, legs=[*legs, leg])
+            if not leg.enforce:
+                if not leg.code:
+                    # Shadow mode and this account would admit: proxy, charge nothing.
+                    return Decision(admitted=True, units=units, leg=leg, legs=[*legs, leg])
+                shadow = True
             legs.append(leg)
         if not legs:
             # Nobody has a plan and there is no default plan: nothing to charge.
@@ -110,7 +134,8 @@ class MeteringEngine:
         billing = rules.billing
         error = refuse(legs, billing.upgrade_url if billing else None,
                        billing.top_up_url if billing else None)
-        if not enforce:
+        if shadow:
+            # A shadow plan refused: count what it would have done, never block on it.
             return Decision(admitted=True, units=units, leg=legs[-1], legs=legs,
                             shadow_code=error.code)
         return Decision(admitted=False, units=units, legs=legs, error=error)
@@ -139,9 +164,16 @@ class MeteringEngine:
         if leg is None or not decision.charged:
             return 0
         account = leg.account
+        # A replayed debit counted in no window (its time had passed).
+        counted = kind != "replay"
+        windows = tables.windows.get((leg.plan, meter), "") if counted else ""
+        key_windows = ",".join(w for w in (
+            _own_key_windows(caller), tables.key_windows.get((leg.plan, meter), "")) if w
+        ) if counted else ""
         reply = await self._run("settle", self.scripts.settle, [
             account.credits_key, account.usage_stream, account.period_key(leg.period),
-            account.settled_key(request_id), account.day_prefix,
+            account.settled_key(leg.debit_id or request_id), account.day_prefix,
+            account.config_key, account.windows_key, account.request_key(request_id),
         ], [
             self._now_arg(), meter, rules.meters[meter].pico_usd_per_unit, decision.units,
             leg.quota_units, leg.credit_units, leg.credit_micro, leg.overage_units,
@@ -149,5 +181,13 @@ class MeteringEngine:
             tables.quota.get((leg.plan, meter), -1), int(tables.overage.get(leg.plan, False)),
             kind, route, model, request_id, caller.key_id or "", caller.user,
             int(caller.test), leg.period, leg.plan, leg.now_ms, self.usage_retention_ms,
+            windows, key_windows, f"k:{caller.key_id}:", BUCKETS,
         ])
         return int(reply[0])
+
+
+def _own_key_windows(caller: Caller) -> str:
+    """The caller's key's own limit as a window spec ("" when it has none)."""
+    if caller.key_limit and caller.key_window_s:
+        return key_window_spec(caller.key_limit, caller.key_window_s)
+    return ""

@@ -107,7 +107,8 @@ async def _charge(engine: MeteringEngine, rules: Rules, tables: PlanTables,
     rid = "journal-" + entry.rid
     decision = await engine.admit(
         rules, tables, caller, meter=entry.meter, units=entry.units, route=entry.route,
-        request_id=rid, idempotent=True, enforce=True, replay=True)
+        request_id=rid, idempotent=True, enforce=True, replay=True,
+        fingerprint=f"journal {entry.route} {entry.meter} {entry.units}")
     if decision.admitted or not decision.legs:
         return
     # Nobody can pay any more, but the request was served: settle a zero debit up to

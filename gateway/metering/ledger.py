@@ -154,7 +154,8 @@ class Ledger:
             "limit": int(g[i]), "window_seconds": int(g[i + 1]) // 1000,
             "used": int(g[i + 2]), "remaining": max(int(g[i]) - int(g[i + 2]), 0),
             "reset_seconds": -(-int(g[i + 3]) // 1000),
-        } for i in range(0, len(g), 4)]
+            "meter": None if _s(g[i + 4]) == "*" else _s(g[i + 4]),
+        } for i in range(0, len(g), 5)]
         return {
             "scope": account.scope,
             "id": account.id,

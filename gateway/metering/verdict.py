@@ -14,7 +14,7 @@ from typing import Any
 from gateway.errors import GatewayError
 from gateway.metering.accounts import Account
 
-ADMIT, DENY, NO_PLAN, DUPLICATE = 1, 0, 2, 3
+ADMIT, DENY, NO_PLAN, DUPLICATE, PASSED, REUSED = 1, 0, 2, 3, 4, 5
 
 # Most specific first: when every account refuses for money, the client is told the
 # reason that is most actionable.
@@ -51,16 +51,19 @@ class Leg:
     plan: str
     money_ok: bool
     window_scope: str
-    period_end_ms: int = 0
+    period_end_ms: int
+    debit_id: str       # the debit's usage-record id ("" when nothing was recorded)
+    enforce: bool       # False: the plan (or the request) is in shadow mode
+    quota_total: int    # the plan's quota for the meter (-1: none)
 
     @classmethod
     def parse(cls, account: Account, reply: list[Any]) -> Leg:
-        n = [int(x) if isinstance(x, int) else x for x in reply]
+        n = reply
         return cls(account, int(n[0]), _s(n[1]), bool(int(n[2])), int(n[3]), int(n[4]),
                    int(n[5]), int(n[6]), int(n[7]), int(n[8]), int(n[9]), int(n[10]),
                    int(n[11]), int(n[12]), int(n[13]), int(n[14]), _s(n[15]), int(n[16]),
-                   _s(n[17]), bool(int(n[18])), _s(n[19]),
-                   int(n[20]) if len(n) > 20 else 0)
+                   _s(n[17]), bool(int(n[18])), _s(n[19]), int(n[20]), _s(n[21]),
+                   bool(int(n[22])), int(n[23]))
 
     @property
     def only_throughput(self) -> bool:

@@ -24,7 +24,8 @@ async def usage_me(runtime: Runtime, caller: Caller) -> dict[str, Any]:
     primary = views["workspace"] if views.get("workspace", {}).get("plan") else views["user"]
     gauges = {
         scope: [{"used": w["used"], "limit": w["limit"], "remaining": w["remaining"],
-                 "window_seconds": w["window_seconds"]} for w in view["windows"]]
+                 "window_seconds": w["window_seconds"], "meter": w["meter"]}
+                for w in view["windows"]]
         for scope, view in views.items()
     }
     return {

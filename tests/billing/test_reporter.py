@@ -40,7 +40,7 @@ from tests.redis_cluster import start_cluster
 from tests.redis_servers import RedisServer
 from tests.upstream import RecordingUpstream
 
-BIG = "1000000:60000"
+BIG = "1000000:60000:*"
 TABLE = plan_table(
     payg=f"0 1 0 1 {BIG}",      # no quota: every unit is overage
     mixed=f"20 1 0 1 {BIG}",    # 20 units of quota, then overage

@@ -15,7 +15,8 @@ PICO_FCU = 2_000_000  # $0.000002 per unit
 
 
 def plan_table(**plans: str) -> str:
-    """plan name -> '<quota> <overage> <grace> <enforce> <windows>'."""
+    """plan name -> '<quota> <overage> <grace> <enforce> <windows>' where windows are
+    'limit:window_ms:counts,…' (counts: a meter or '*') or '-'."""
     return "\n" + "\n".join(f"{k} {v}" for k, v in plans.items()) + "\n"
 
 
@@ -52,20 +53,31 @@ class Driver:
             "" if now is None else str(now), units, self.meter, self.pico, self.table,
             self.default_plan, key_windows, BUCKETS, rid, route, key, account.id, int(test),
             int(enforce), inactive, f"k:{key}:", 0, self.retention_ms,
+            f"GET {route} {self.meter} {units}", 0,
         ])
 
     async def settle(self, leg: Leg, units: int, actual: int, rid: str, now: int | None,
                      quota: int, overage: bool, kind: str = "settle", model: str = "") -> Any:
         a = leg.account
         return await self.settle_script(keys=[
-            a.credits_key, a.usage_stream, a.period_key(leg.period), a.settled_key(rid),
-            a.day_prefix,
+            a.credits_key, a.usage_stream, a.period_key(leg.period),
+            a.settled_key(leg.debit_id or rid), a.day_prefix, a.config_key, a.windows_key,
+            a.request_key(rid or "-"),
         ], args=[
             "" if now is None else str(now), self.meter, self.pico, units, leg.quota_units,
             leg.credit_units, leg.credit_micro, leg.overage_units, leg.overage_micro,
             leg.grace_units, actual, quota, int(overage), kind, "/api/", model, rid, "key1",
             a.id, 0, leg.period, leg.plan, leg.now_ms, self.retention_ms,
+            self.plan_windows(leg.plan), "", "k:key1:", BUCKETS,
         ])
+
+    def plan_windows(self, plan: str) -> str:
+        """The account windows of `plan` in the table ("" when none)."""
+        for line in self.table.splitlines():
+            fields = line.split()
+            if fields and fields[0] == plan and len(fields) > 5:
+                return "" if fields[5] == "-" else fields[5]
+        return ""
 
     async def stream_units(self, account: Account) -> int:
         entries = await self.store.client.xrange(account.usage_stream)

@@ -58,7 +58,7 @@ async def test_cascade_settle_and_usage_view_on_a_cluster(cluster: RedisCluster)
         view = await ledger.view(rules, tables, Account("user", f"user{i}"))
         # Personal callers pay 3 x 10 + 4 (settled); workspace members' requests go to acme.
         assert view["units"]["fcu"] == (0 if i % 2 else 34)
-        assert view["windows"][0]["used"] == (0 if i % 2 else 40)  # windows keep the reserve
+        assert view["windows"][0]["used"] == (0 if i % 2 else 34)  # windows count the use
     team = await ledger.view(rules, tables, Account("workspace", "acme"))
     assert team["plan"] == "team"
     assert team["units"]["fcu"] == 6 * 34                 # six members, all paid by acme

@@ -302,7 +302,7 @@ async def test_usage_me_reports_plan_quota_credits_usage_and_gauges(gw: RunningG
     routes = me["usage"]["breakdown_by_route"]
     assert routes == [{"name": "/api/", "requests": 2, "units": {"fcu": 15}}]
     assert me["gauges"]["user"] == [{"used": 15, "limit": 30, "remaining": 15,
-                                     "window_seconds": 60}]
+                                     "window_seconds": 60, "meter": "fcu"}]
     assert me["gauges"]["workspace"] == []
     assert me["billing_cycle_start"].endswith("T00:00:00Z")
 
@@ -326,7 +326,7 @@ async def test_admin_subscriptions_credits_and_account_api(gw: RunningGateway) -
     body = view.json()
     assert (body["plan"], body["credits_micro_usd"]) == ("team", 12_600_000)
     assert body["windows"] == [{"limit": 1000, "window_seconds": 60, "used": 0,
-                                "remaining": 1000, "reset_seconds": 0}]
+                                "remaining": 1000, "reset_seconds": 0, "meter": None}]
     assert nobody.status_code == 401
 
 

@@ -14,7 +14,7 @@ from gateway.store import Store, open_store
 from tests.metering.script_driver import Driver, plan_table
 
 T0 = 1_795_000_000_000  # 2026-11-18 UTC
-BIG = "1000000:60000"
+BIG = "1000000:60000:*"
 TABLE = plan_table(
     free=f"100 0 10 1 {BIG}",      # 100 units, 10 % grace, no overage
     payg=f"0 1 0 1 {BIG}",         # no quota, overage

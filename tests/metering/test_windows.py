@@ -41,7 +41,7 @@ def test_window_invariant_and_underadmission_bound(
     async def scenario() -> None:
         store = open_store(store_url)
         await store.client.flushdb()
-        driver = Driver(store, plan_table(free=f"-1 1 0 1 {limit}:{window}"))
+        driver = Driver(store, plan_table(free=f"-1 1 0 1 {limit}:{window}:*"))
         acct = Account("user", "w")
         now = T0
         admitted: list[tuple[int, int]] = []
@@ -70,7 +70,7 @@ async def test_concurrent_weighted_traffic_on_redis_time(redis_server: RedisServ
     store: Store = open_store(redis_server.url)
     await store.client.flushdb()
     limit, window = 50, 400
-    driver = Driver(store, plan_table(free=f"-1 1 0 1 {limit}:{window}"))
+    driver = Driver(store, plan_table(free=f"-1 1 0 1 {limit}:{window}:*"))
     acct = Account("user", "concurrent")
     admitted: list[tuple[int, int]] = []
     refused = 0

@@ -11,20 +11,28 @@
 --       2 units            3 meter              4 pico-USD per unit
 --       5 plan table for this meter (see gateway/metering/plans.py)
 --       6 default plan name (used when the account has no plan of its own, "" = none)
---       7 the key's own windows "limit:window_ms,…" ("" = none)
+--       7 the key's own windows "limit:window_ms:*,…" ("" = none)
 --       8 buckets per window   9 request id ("" = not idempotent)
 --      10 route   11 key id   12 user   13 test (0/1)   14 enforce (0 = shadow)
 --      15 inactive policy: "deny" | "fallback"     16 key-window field prefix
 --      17 replay (1: a journaled request served while the store was down; its time
 --         has passed, so no window is checked or written)
 --      18 usage-record retention in ms (0 = keep; see append_usage in lib.lua)
+--      19 request fingerprint (method, path, meter, units): a request id names one request
+--      20 1 when a later account may pay (the workspace leg of a cascade): a denial of an
+--         idempotent request is remembered, so its retry cannot be charged here after the
+--         next account paid for it
 --
 -- Reply (flat array, see gateway/metering/verdict.py):
---  1 verdict 1 admit, 0 deny, 2 no plan (try the next account), 3 duplicate request id
+--  1 verdict 1 admit, 0 deny, 2 no plan (try the next account), 3 duplicate request id,
+--    4 this account refused this request id before (try the next account),
+--    5 the request id was used for another request
 --  2 code    3 throughput_ok  4 retry_after_ms  5 limit  6 remaining  7 reset_ms
 --  8 window_ms  9 quota units  10 credit units  11 credit micro  12 overage units
 --  13 overage micro  14 grace units  15 quota remaining  16 period  17 now_ms  18 plan
 --  19 money_ok  20 scope of the binding window ("account" | "key")  21 period end ms
+--  22 the debit's usage-record id (names its settlement)  23 enforce (0: shadow)
+--  24 the plan's quota for this meter (-1: none)
 
 local acct_key, win_key, credits_key, stream_key, rid_key, period_prefix, day_prefix =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -39,14 +47,22 @@ local buckets = tonumber(ARGV[8])
 local rid = ARGV[9]
 local enforce = ARGV[14] == '1'
 
--- A repeated request id returns the first result and charges nothing more.
+local function other(verdict, code)
+  return {verdict, code, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '', now, '', 1, 'account', 0,
+    '', 1, -1}
+end
+
+-- A repeated request id returns the first result and charges nothing more; the id must
+-- name the same request (fingerprint), and a refunded first attempt left no record.
 if rid ~= '' then
-  local prior = redis.call('HGET', rid_key, 'reply')
-  if prior then
-    local reply = cjson.decode(prior)
+  local prior = redis.call('HMGET', rid_key, 'reply', 'fp', 'passed')
+  if prior[2] and prior[2] ~= ARGV[19] then return other(5, 'REQUEST_ID_REUSED') end
+  if prior[1] then
+    local reply = cjson.decode(prior[1])
     reply[1] = 3
     return reply
   end
+  if prior[3] then return other(4, 'PASSED') end
 end
 
 -- Which plan applies: the account's own (if its subscription status admits), else the
@@ -64,18 +80,16 @@ if plan then
   end
 end
 if inactive and ARGV[15] == 'fallback' then plan = nil; inactive = false end
-if not plan then
-  if ARGV[6] == '' then
-    return {2, 'NO_PLAN', 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '', now, '', 1, 'account', 0}
-  end
-  plan = ARGV[6]
-end
-
 -- "\n<plan> <quota> <overage 0|1> <grace %> <enforce 0|1> <windows> <key windows>";
--- quota -1 means the plan has no quota for this meter.
-local s, e = string.find(plan_table, '\n' .. plan .. ' ', 1, true)
+-- quota -1 means the plan has no quota for this meter. A plan since removed from the
+-- rules counts as no plan of its own (the default applies).
+local s, e
+if plan then s, e = string.find(plan_table, '\n' .. plan .. ' ', 1, true) end
 if not s then
-  return redis.error_reply('plan ' .. plan .. ' is not in the rules')
+  if ARGV[6] == '' then return other(2, 'NO_PLAN') end
+  plan = ARGV[6]
+  s, e = string.find(plan_table, '\n' .. plan .. ' ', 1, true)
+  if not s then return other(2, 'NO_PLAN') end
 end
 local line_end = string.find(plan_table, '\n', e + 1, true) or (#plan_table + 1)
 local fields = {}
@@ -109,10 +123,12 @@ local g_ratio = 2
 local writes = {}
 local new_bucket = false
 
+-- A window "limit:window_ms:counts" counts the units of one meter, or of all ("*"):
+-- windows of different meters never share buckets.
 local function check(spec, prefix, scope)
-  for limit_s, window_s in string.gmatch(spec, '(%d+):(%d+)') do
+  for limit_s, window_s, counts in string.gmatch(spec, '(%d+):(%d+):([^,]+)') do
     local limit, window = tonumber(limit_s), tonumber(window_s)
-    local st = window_state(win_key, prefix, window, buckets, now)
+    local st = window_state(win_key, prefix .. counts .. ':', window, buckets, now)
     local used, live, cur, cur_units, width = st.used, st.live, st.cur, st.cur_units, st.width
     local remaining = limit - used
     if units > limit then never = true end
@@ -202,9 +218,15 @@ end
 local q_remaining = math.max(q_total - q_used - take_q, 0)
 local reply = {0, code, throughput_ok and 1 or 0, retry_ms, g_limit, g_remaining, g_reset,
   g_window, take_q, take_c, cm, take_o, om, take_g, q_remaining, period, now, plan,
-  money_ok and 1 or 0, g_scope, period_end}
+  money_ok and 1 or 0, g_scope, period_end, '', enforce and 1 or 0, quota}
 if code ~= '' then
-  return reply  -- a denial writes nothing
+  -- A denial writes nothing but, on an account that may be followed by another, the
+  -- memory of refusing this request id (see ARGV 20).
+  if rid ~= '' and ARGV[20] == '1' and enforce then
+    redis.call('HSET', rid_key, 'passed', '1', 'fp', ARGV[19])
+    redis.call('PEXPIRE', rid_key, 86400000)
+  end
+  return reply
 end
 
 for _, w in ipairs(writes) do redis.call('HSET', win_key, w[1], w[2]) end
@@ -212,7 +234,7 @@ for _, w in ipairs(writes) do redis.call('HSET', win_key, w[1], w[2]) end
 -- bucket width); it outlives the longest window twice over.
 if #writes > 0 and new_bucket then
   local longest = 0
-  for window_s in string.gmatch(plan_windows .. ',' .. key_windows, '%d+:(%d+)') do
+  for window_s in string.gmatch(plan_windows .. ',' .. key_windows, '%d+:(%d+):') do
     if tonumber(window_s) > longest then longest = tonumber(window_s) end
   end
   redis.call('PEXPIRE', win_key, longest * 2)
@@ -247,16 +269,14 @@ if redis.call('HINCRBY', day_key, tp .. 'n:' .. meter, 1) == 1 then
 end
 redis.call('HINCRBY', day_key, tp .. 'u:' .. meter, units)
 
-append_usage(stream_key, tonumber(ARGV[18]), {'kind', 'debit', 'rid', rid, 'meter', meter,
+reply[22] = append_usage(stream_key, tonumber(ARGV[18]), {'kind', 'debit', 'rid', rid,
+  'meter', meter,
   'units', fmt(units), 'q', fmt(take_q), 'c', fmt(take_c), 'cm', fmt(cm),
   'o', fmt(take_o), 'om', fmt(om), 'g', fmt(take_g), 'period', period, 'route', route,
   'key', ARGV[11], 'user', ARGV[12], 'test', ARGV[13], 'plan', plan, 't', fmt(now)})
 
 if rid ~= '' then
-  redis.call('HSET', rid_key, 'reply', cjson.encode(reply), 'meter', meter,
-    'units', fmt(units), 'q', fmt(take_q), 'c', fmt(take_c), 'cm', fmt(cm),
-    'o', fmt(take_o), 'om', fmt(om), 'g', fmt(take_g), 'period', period, 'route', route,
-    'pico', fmt(pico), 'state', 'open')
+  redis.call('HSET', rid_key, 'reply', cjson.encode(reply), 'fp', ARGV[19])
   redis.call('PEXPIRE', rid_key, 86400000)
 end
 return reply

@@ -66,15 +66,14 @@ end
 
 -- Usage records are kept `retention_ms` by Redis' own clock (which also stamps their
 -- ids), whatever clock a test injects; the reporter deletes them sooner, once reported.
--- 0 keeps them forever.
+-- 0 keeps them forever. Returns the record's id.
 local function append_usage(stream_key, retention_ms, record)
   if retention_ms > 0 then
     local t = redis.call('TIME')
     local cut = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - retention_ms
-    redis.call('XADD', stream_key, 'MINID', '~', fmt(cut), '*', unpack(record))
-  else
-    redis.call('XADD', stream_key, '*', unpack(record))
+    return redis.call('XADD', stream_key, 'MINID', '~', fmt(cut), '*', unpack(record))
   end
+  return redis.call('XADD', stream_key, '*', unpack(record))
 end
 
 -- One sliding window's state: the buckets overlapping the trailing window.

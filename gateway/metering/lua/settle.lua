@@ -3,22 +3,26 @@
 -- Called once per admitted request whose cost changes after the response: a refund
 -- (actual = 0: upstream failure) or a settlement (reserve -> what the upstream reported).
 -- The gateway passes the pools the debit took, so the script needs no per-request
--- record; a "settled" marker on the request-id record makes a repeat a no-op.
+-- record; a "settled" marker named by the debit's usage-record id makes a repeat a no-op.
 --
 -- KEYS: 1 credit balance   2 usage stream   3 period hash   4 settle marker
---       5 daily-rollup prefix ("…:d:")
+--       5 daily-rollup prefix ("…:d:")   6 account hash   7 window hash
+--       8 request-id record (deleted by a refund, so a retry is a new request)
 -- ARGV: 1 now_ms ("" = TIME)  2 meter  3 pico/unit  4 units debited  5 quota units
 --       6 credit units  7 credit micro  8 overage units  9 overage micro  10 grace units
 --      11 actual units  12 quota total (plan, -1 none)  13 overage allowed (0/1)
---      14 kind ("settle" | "refund")  15 route  16 model ("" none)  17 rid
+--      14 kind ("settle" | "refund" | "replay")  15 route  16 model ("" none)  17 rid
 --      18 key id  19 user  20 test  21 period  22 plan
 --      23 the debit's time in ms (its day's rollup takes the change)
 --      24 usage-record retention in ms (0 = keep)
+--      25 the windows the debit counted in ("limit:window_ms:counts,…", "" = none)
+--      26 the key windows it counted in    27 the key-window field prefix
+--      28 buckets per window
 -- Reply: {delta units, quota units, credit units, credit micro, overage units,
 --         overage micro, grace units}  (the debit's pools after settlement)
 
-local credits_key, stream_key, period_key, marker_key, day_prefix =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local credits_key, stream_key, period_key, marker_key, day_prefix, acct_key, win_key,
+  rid_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local now = clock_ms(ARGV[1])
 
 local meter, pico = ARGV[2], tonumber(ARGV[3])
@@ -27,6 +31,7 @@ local q, c, cm, o, om, g = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7
   tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local actual = tonumber(ARGV[11])
 local quota, overage = tonumber(ARGV[12]), ARGV[13] == '1'
+local debit_t = tonumber(ARGV[23])
 
 if redis.call('SET', marker_key, '1', 'NX', 'PX', 3600000) == false then
   return {0, q, c, cm, o, om, g}  -- already settled: nothing more moves
@@ -50,23 +55,37 @@ if delta < 0 then
   d_c, d_cm = give_back(c, cm)
   d_q = give_back(q)
 elseif delta > 0 then
-  -- The work is done: charge it. Quota, then credits, then overage; what no pool can
-  -- pay is booked against the quota (used beyond its total), so the next request is
-  -- refused instead of this one being lost.
+  -- The work is done: charge it. Quota, then credits, then overage, money only up to a
+  -- hard budget cap; what no pool can pay is booked against the quota (used beyond its
+  -- total), so the next request is refused instead of this one being lost.
   local more = delta
-  local pf = redis.call('HMGET', period_key, 'q:' .. meter)
-  local q_used = tonumber(pf[1] or '0')
+  local pf = redis.call('HMGET', period_key, 'q:' .. meter, 'spend')
+  local q_used, spend = tonumber(pf[1] or '0'), tonumber(pf[2] or '0')
+  local acct = redis.call('HMGET', acct_key, 'cap_micro', 'hard_cap')
+  local cap = tonumber(acct[1] or '')
+  local headroom = math.huge
+  if acct[2] == '1' and cap then headroom = math.max(cap - spend, 0) end
   local avail = math.max((quota > 0 and quota or 0) - q_used, 0)
   local take = math.min(more, avail); d_q = take; more = more - take
   if more > 0 then
     local balance = tonumber(redis.call('GET', credits_key) or '0')
     local cost = ceil_div((c + more) * pico, 1000000) - cm
-    if cost <= balance then d_c = more; d_cm = cost; more = 0 end
+    if cost <= balance and cost <= headroom then
+      d_c = more; d_cm = cost; more = 0; headroom = headroom - cost
+    end
   end
   if more > 0 and overage then
-    d_o = more
-    d_om = ceil_div((o + more) * pico, 1000000) - om
-    more = 0
+    -- As many units as the headroom pays for: ceil((o + u) * pico / 1e6) - om <= headroom.
+    local u = more
+    if headroom ~= math.huge then
+      u = math.max(math.min(math.floor((om + headroom) * 1000000 / pico) - o, more), 0)
+      while u > 0 and ceil_div((o + u) * pico, 1000000) - om > headroom do u = u - 1 end
+    end
+    if u > 0 then
+      d_o = u
+      d_om = ceil_div((o + u) * pico, 1000000) - om
+      more = more - u
+    end
   end
   d_q = d_q + more
 end
@@ -80,8 +99,48 @@ if delta ~= 0 then
   redis.call('HINCRBY', period_key, 'u:' .. meter, delta)
   redis.call('HINCRBY', period_key, 'ru:' .. ARGV[15] .. ':' .. meter, delta)
 end
+
+-- Throughput counts what was used: units given back leave the debit's bucket (while it
+-- still counts), units charged beyond the reserve land in the current one. A request
+-- that used more than its reserve can so take a window past its limit once; the window
+-- then refuses until those units have slid out.
+if delta ~= 0 then
+  local buckets = tonumber(ARGV[28])
+  local seen = {}
+  local longest = 0
+  local function adjust(spec, prefix)
+    for _, window_s, counts in string.gmatch(spec, '(%d+):(%d+):([^,]+)') do
+      local window = tonumber(window_s)
+      local width = window / buckets
+      local at = delta > 0 and now or debit_t
+      local b = math.floor(at / width)
+      local name = prefix .. counts .. ':' .. window .. ':' .. (b % (buckets + 1))
+      if not seen[name] and math.floor(now / width) - b <= buckets then
+        seen[name] = true
+        if window > longest then longest = window end
+        local v = redis.call('HGET', win_key, name)
+        local held = 0
+        if v then
+          local sep = string.find(v, ':', 1, true)
+          if tonumber(string.sub(v, 1, sep - 1)) == b then
+            held = tonumber(string.sub(v, sep + 1))
+          end
+        end
+        if delta > 0 or held > 0 then
+          redis.call('HSET', win_key, name, fmt(b) .. ':' .. fmt(math.max(held + delta, 0)))
+        end
+      end
+    end
+  end
+  adjust(ARGV[25], 'a:')
+  adjust(ARGV[26], ARGV[27])
+  if delta > 0 and longest > 0 and redis.call('PTTL', win_key) < longest * 2 then
+    redis.call('PEXPIRE', win_key, longest * 2)
+  end
+end
+
 -- The rollup of the day the request was admitted, so a day's requests and units agree.
-local day_key = day_prefix .. day_at(tonumber(ARGV[23]))
+local day_key = day_prefix .. day_at(debit_t)
 local tp = ARGV[20] == '1' and 't' or ''
 if delta ~= 0 then redis.call('HINCRBY', day_key, tp .. 'u:' .. meter, delta) end
 if ARGV[16] ~= '' then
@@ -90,6 +149,8 @@ if ARGV[16] ~= '' then
   redis.call('HINCRBY', day_key, tp .. 'mu:' .. ARGV[16] .. ':' .. meter, actual)
   redis.call('HINCRBY', day_key, tp .. 'mn:' .. ARGV[16] .. ':' .. meter, 1)
 end
+-- A refunded request was not served: its id may be used again, and is charged then.
+if ARGV[14] == 'refund' then redis.call('DEL', rid_key) end
 append_usage(stream_key, tonumber(ARGV[24]), {'kind', ARGV[14], 'rid', ARGV[17],
   'meter', meter, 'units', fmt(delta), 'q', fmt(d_q), 'c', fmt(d_c), 'cm', fmt(d_cm),
   'o', fmt(d_o), 'om', fmt(d_om), 'g', fmt(d_g), 'period', ARGV[21], 'route', ARGV[15],

@@ -2,9 +2,9 @@
 --
 -- KEYS: 1 account hash  2 window hash  3 credit balance  4 period-hash prefix
 -- ARGV: 1 now_ms ("" = TIME)  2 default plan ("" none)  3 windows by plan
---       ("\n<plan> <limit:ms,…|->\n…")  4 buckets per window  5 inactive policy
+--       ("\n<plan> <limit:ms:counts,…|->\n…")  4 buckets per window  5 inactive policy
 -- Reply: {plan, status, period, start_ms, end_ms, credits, {period hash flat},
---         {limit, window_ms, used, reset_ms, …}, now_ms}
+--         {limit, window_ms, used, reset_ms, counts, …}, now_ms}
 
 local acct_key, win_key, credits_key, period_prefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = clock_ms(ARGV[1])
@@ -18,6 +18,8 @@ if plan then
   elseif status ~= 'active' and status ~= 'trialing' then inactive = true end
   if inactive and ARGV[5] == 'fallback' then plan = nil end
 end
+-- A plan since removed from the rules counts as none (the debit script agrees).
+if plan and not string.find(ARGV[3], '\n' .. plan .. ' ', 1, true) then plan = nil end
 if not plan and ARGV[2] ~= '' then plan = ARGV[2] end
 plan = plan or ''
 
@@ -31,12 +33,13 @@ local s, e = string.find(ARGV[3], '\n' .. plan .. ' ', 1, true)
 if s then
   local line_end = string.find(ARGV[3], '\n', e + 1, true)
   local spec = string.sub(ARGV[3], e + 1, line_end - 1)
-  for limit_s, window_s in string.gmatch(spec, '(%d+):(%d+)') do
-    local st = window_state(win_key, 'a:', tonumber(window_s), buckets, now)
+  for limit_s, window_s, counts in string.gmatch(spec, '(%d+):(%d+):([^,]+)') do
+    local st = window_state(win_key, 'a:' .. counts .. ':', tonumber(window_s), buckets, now)
     gauges[#gauges + 1] = tonumber(limit_s)
     gauges[#gauges + 1] = tonumber(window_s)
     gauges[#gauges + 1] = st.used
     gauges[#gauges + 1] = window_reset(st, buckets, now)
+    gauges[#gauges + 1] = counts
   end
 end
 return {plan, status, period, p_start, p_end, credits, counters, gauges, now}

@@ -63,7 +63,7 @@ class GatewayApp:
         request_id, client_request_id = _request_id(headers)
         entry: dict[str, Any] = {"ts": time.time(), "id": request_id, "method": method,
                                  "path": scope.get("path", "")}
-        route_name = "-"
+        route_name = upstream_name = "-"
         outcome: Outcome | None = None
         code = "OK"
         status = 0
@@ -82,7 +82,8 @@ class GatewayApp:
             route = routing.rules.route_for(path)
             if route is None:
                 raise GatewayError("NO_ROUTE", f"no route for {path}")
-            route_name = route.name
+            route_name, upstream_name = route.name, route.upstream.name
+            with_body = has_body(headers)  # before anything is charged: it may refuse
             client = _client(routing, scope, headers)
             caller = await self._identify(routing, client, headers)
             entry.update(user=caller.user, workspace=caller.workspace, key=caller.key_id,
@@ -104,16 +105,14 @@ class GatewayApp:
             fwd = _forwarding(client.trusted_peer, scope, headers)
             upstream_headers = request_headers(
                 headers, routing.header_policies[route.upstream.name], fwd,
-                caller.identity_headers())
-            if not client_request_id:  # the client's own passes through as it is
-                upstream_headers.append((b"x-request-id", request_id.encode()))
+                caller.identity_headers(), request_id.encode())
             t0 = time.perf_counter()
             # Whatever happens, the charge is closed once: refunded, settled or kept.
             try:
                 outcome = await forward(
                     self.runtime.transport, target, scope, receive, send,
                     method=method, path=path, headers=upstream_headers,
-                    with_body=has_body(headers), extra_headers=extra,
+                    with_body=with_body, extra_headers=extra,
                     observer=charge.observer,
                 )
             except UpstreamFailed:
@@ -129,7 +128,7 @@ class GatewayApp:
                 code = "CLIENT_DISCONNECTED"
                 self.metrics.client_disconnects.labels(route_name).inc()
         except UpstreamFailed as err:
-            self.metrics.upstream_errors.labels(route_name, err.code).inc()
+            self.metrics.upstream_errors.labels(upstream_name, err.code).inc()
             code, status = err.code, err.status
             await _send_problem(send, err, request_id)
         except GatewayError as err:
@@ -245,11 +244,13 @@ def _forwarding(trusted: bool, scope: Scope, headers: list[tuple[bytes, bytes]])
         elif trusted and name == b"x-forwarded-for":
             prior_for = value if prior_for is None else prior_for + b", " + value
         elif trusted and name == b"x-forwarded-proto":
-            proto = value.decode("latin-1").strip()
+            # The hop nearest the client comes first; only a real scheme is believed.
+            first = value.split(b",", 1)[0].strip().lower()
+            proto = first.decode() if first in (b"http", b"https") else proto
         elif trusted and name == b"x-forwarded-host":
             fhost = value
     return Forwarding(client_ip=peer_ip, proto=proto or scope.get("scheme", "http"),
-                      host=fhost or host, prior_for=prior_for)
+                      host=fhost or host, prior_for=prior_for, trusted=trusted)
 
 
 def _request_id(headers: list[tuple[bytes, bytes]]) -> tuple[str, bool]:

@@ -43,6 +43,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "SUBSCRIPTION_INACTIVE": (402, "Subscription inactive"),
     "COST_EXCEEDS_LIMIT": (402, "Request cost exceeds any limit"),
     "PAYLOAD_TOO_LARGE": (413, "Payload too large"),
+    "UNSUPPORTED_TRANSFER_CODING": (501, "Transfer coding not supported"),
     "UPSTREAM_UNAVAILABLE": (502, "Upstream unavailable"),
     "UPSTREAM_TIMEOUT": (504, "Upstream timed out"),
     "STORE_UNAVAILABLE": (503, "Store unavailable"),

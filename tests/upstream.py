@@ -174,7 +174,8 @@ class RecordingUpstream:
             await self._send(writer, 200, GZIP_BODY, extra=b"content-encoding: gzip\r\n")
         elif path == "/hop":
             await self._send(writer, 200, b"{}", extra=(
-                b"connection: x-secret-hop\r\nx-secret-hop: 1\r\nkeep-alive: timeout=5\r\n"
+                b"Connection: keep-alive, X-Secret-Hop\r\nX-Secret-Hop: 1\r\n"
+                b"keep-alive: timeout=5\r\n"
                 b"proxy-authenticate: Basic\r\nx-end-to-end: kept\r\nvia: 1.0 backend\r\n"))
         elif path == "/half":
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"y" * 10)

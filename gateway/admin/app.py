@@ -83,6 +83,9 @@ def build_admin_app(runtime: Runtime) -> Starlette:
     app = Starlette(routes=routes, exception_handlers={
         GatewayError: _gateway_error, HTTPException: _http_error, Exception: _internal_error,
     })
+    # No redirect from /admin/keys/ to /admin/keys: a 307 would answer before the
+    # token is checked. An unknown path is a plain 404.
+    app.router.redirect_slashes = False
     app.state.runtime = runtime
     app.state.registry = runtime.registry
     app.state.admin_token = runtime.settings.admin_token

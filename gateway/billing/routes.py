@@ -51,5 +51,6 @@ def build_billing_app(runtime: Runtime) -> Starlette:
         routes=[*selfservice.routes(), *webhooks.routes(), *budget.routes()],
         exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error,
                             Exception: _internal_error})
+    app.router.redirect_slashes = False
     app.state.runtime = runtime
     return app

@@ -73,7 +73,7 @@ class ClientGone(Exception):
     """The client disconnected while its request body was being read."""
 
 
-class _ClientBody:
+class _ClientBody(httpx.AsyncByteStream):
     """The client's request body as an async byte stream, read as the upstream takes it."""
 
     def __init__(self, receive: Receive) -> None:
@@ -93,6 +93,9 @@ class _ClientBody:
             if not message.get("more_body", False):
                 self.done = True
                 return
+
+
+_NO_BODY = httpx.ByteStream(b"")
 
 
 def _content_length(headers: RawHeaders) -> int | None:
@@ -127,8 +130,14 @@ async def forward(
     raw = target.url.raw_path.rstrip(b"/") + path.encode("ascii")
     url = target.url.copy_with(raw_path=raw + b"?" + query if query else raw)
     body = _ClientBody(receive) if with_body else None
+    if body is not None and _content_length(headers) is None:
+        # The client's chunked framing ended at this hop (hop-by-hop); the next hop gets
+        # its own.
+        headers = [*headers, (b"transfer-encoding", b"chunked")]
+    # `stream=`, not `content=`: httpx would add headers of its own (Content-Length: 0 on
+    # a bodyless POST); the request goes out with the client's framing only.
     request = httpx.Request(
-        method, url, headers=headers, content=body,
+        method, url, headers=headers, stream=body or _NO_BODY,
         extensions={"timeout": target.timeouts},
     )
     try:
@@ -189,8 +198,11 @@ async def _relay(
                     # (both transports close the connection on a cancelled read).
                     read = asyncio.ensure_future(_next(chunks))
                     await asyncio.wait((read, watcher), return_when=asyncio.FIRST_COMPLETED)
-                    if not read.done():
-                        read.cancel()
+                    # A fast upstream finishes every read first: the client's departure
+                    # must be noticed even then (sending to a gone client is silent).
+                    if watcher.done():
+                        if not read.done():
+                            read.cancel()
                         with contextlib.suppress(BaseException):
                             await read
                         outcome.client_disconnected = True

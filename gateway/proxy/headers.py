@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gateway.errors import GatewayError
+from gateway.identity.credentials import bearer_token
+
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
 HOP_BY_HOP = frozenset({
@@ -18,6 +21,8 @@ HOP_BY_HOP = frozenset({
     b"trailer", b"transfer-encoding", b"upgrade", b"proxy-connection",
 })
 FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Other claims about the client hop: passed on only from a trusted peer.
+CLAIMED = frozenset({b"forwarded", b"x-real-ip"})
 VIA_TOKEN = b"1.1 gateway"
 
 # Identity the gateway asserts to the backend; whatever the client sent is dropped.
@@ -28,7 +33,8 @@ def connection_listed(headers: RawHeaders) -> frozenset[bytes]:
     """Names listed in Connection headers: hop-by-hop for this one message."""
     names: set[bytes] = set()
     for name, value in headers:
-        if name == b"connection":
+        # Upstream responses keep their own spelling (`Connection`); ASGI's are lower-case.
+        if len(name) == 10 and name.lower() == b"connection":
             names.update(t.strip().lower() for t in value.split(b",") if t.strip())
     return frozenset(names)
 
@@ -41,6 +47,7 @@ class Forwarding:
     proto: str
     host: bytes | None
     prior_for: bytes | None  # X-Forwarded-For from a trusted peer, else None
+    trusted: bool = False    # the peer is a trusted proxy (its other claims pass on)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,20 +63,25 @@ def request_headers(
     policy: UpstreamHeaderPolicy,
     fwd: Forwarding,
     identity: Iterable[tuple[bytes, bytes]] = (),
+    request_id: bytes | None = None,
 ) -> list[tuple[bytes, bytes]]:
-    """Headers to send upstream for a client request."""
+    """Headers to send upstream for a client request; `request_id` replaces whatever
+    X-Request-Id the client sent (it is the client's own when that one was valid)."""
     listed = connection_listed(headers)
     out: list[tuple[bytes, bytes]] = [(b"host", policy.host)]
     via: list[bytes] = []
     for name, value in headers:
         if (
             name in HOP_BY_HOP or name in listed or name == b"host" or name in FORWARDING
-            or name in IDENTITY_OUT
+            or name in IDENTITY_OUT or (name in CLAIMED and not fwd.trusted)
+            or (name == b"x-request-id" and request_id is not None)
         ):
             continue
-        # The gateway's key stays here. Other Authorization schemes (Basic, a backend's
-        # own token) belong to the backend and pass through.
-        if name in policy.drop and (name != b"authorization" or value[7:10] == b"gw_"):
+        # The gateway's key stays here (parsed as the gateway parses it, so no spelling
+        # of "Bearer <gw key>" slips through). Other Authorization schemes (Basic, a
+        # backend's own token) belong to the backend and pass through.
+        if name in policy.drop and (name != b"authorization"
+                                    or (bearer_token(value) or b"").startswith(b"gw_")):
             continue
         if name == b"via":
             via.append(value)
@@ -83,6 +95,8 @@ def request_headers(
     via.append(VIA_TOKEN)
     out.append((b"via", b", ".join(via)))
     out.extend(identity)
+    if request_id is not None:
+        out.append((b"x-request-id", request_id))
     return out
 
 
@@ -105,9 +119,17 @@ def response_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
 
 
 def has_body(headers: RawHeaders) -> bool:
-    """Whether a request carries a body: a non-zero Content-Length or any Transfer-Encoding."""
+    """Whether a request carries a body: a non-zero Content-Length or a Transfer-Encoding.
+
+    Only `chunked` is understood (the server has decoded it): a body under another coding
+    (`gzip, chunked`) would reach the backend still coded yet unlabelled, so it is refused
+    with 501 (RFC 9112 §6.1).
+    """
     for name, value in headers:
         if name == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                raise GatewayError("UNSUPPORTED_TRANSFER_CODING", "only the chunked "
+                                   "transfer coding is supported in requests")
             return True
         if name == b"content-length":
             return value.strip() not in (b"0", b"")

@@ -14,14 +14,21 @@ Two transports are interchangeable, chosen by `GATEWAY_UPSTREAM_TRANSPORT`:
 `Content-Type` of its own and maps a server disconnect to a *connect timeout*, which
 would turn a 502 into a 504; this transport keeps the request exactly as given and maps
 errors precisely.
+
+Read timeouts are this module's own (asyncio deadlines on the response head, counted from
+the end of the request body, and between body chunks), not aiohttp's `sock_read`: aiohttp
+3.14 can re-arm its read timer on a connection already back in the pool (when a transport
+paused for backpressure resumes after the body ended), and the next request on that
+connection then fails at once with a timeout that never happened.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import httpx
@@ -58,14 +65,25 @@ def _translated(connecting: bool) -> Iterator[None]:
 
 
 class _ResponseStream(httpx.AsyncByteStream):
-    """The upstream body, yielded as it arrives (SSE must not wait for a full buffer)."""
+    """The upstream body, yielded as it arrives (SSE must not wait for a full buffer);
+    `read_timeout` bounds the wait for each chunk."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, read_timeout: float | None) -> None:
         self._response = response
+        self._read_timeout = read_timeout
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        timeout = self._read_timeout
         with _translated(connecting=False):
-            async for chunk in self._response.content.iter_any():
+            while True:
+                if timeout is None:
+                    chunk = await content.readany()
+                else:
+                    async with asyncio.timeout(timeout):
+                        chunk = await content.readany()
+                if not chunk:
+                    return
                 yield chunk
 
     async def aclose(self) -> None:
@@ -75,6 +93,17 @@ class _ResponseStream(httpx.AsyncByteStream):
             self._response.release()
         else:
             self._response.close()
+
+
+class _ExactRequest(aiohttp.ClientRequest):
+    """aiohttp gives a bodyless POST/PUT/PATCH/DELETE a `Content-Length: 0` of its own; a
+    request without a body goes out as the client sent it (no length: no body)."""
+
+    def update_body_from_data(self, body: Any, _stacklevel: int = 3) -> None:
+        if body is None:
+            self._body = None
+            return
+        super().update_body_from_data(body, _stacklevel + 1)
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -99,6 +128,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 auto_decompress=False,
                 skip_auto_headers=_SKIP_AUTO,
                 cookie_jar=aiohttp.DummyCookieJar(),
+                request_class=_ExactRequest,
                 trust_env=False,
                 timeout=aiohttp.ClientTimeout(total=None),
             )
@@ -107,37 +137,36 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._get_session()
         timeout = request.extensions.get("timeout", {})
+        read_timeout: float | None = timeout.get("read")
         headers = CIMultiDict[str](
-            (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
+            (k.decode("latin-1"), _header_text(v)) for k, v in request.headers.raw
         )
-        body: Any = None
+        body: _BodyStream | None = None
         if "content-length" in headers or "transfer-encoding" in headers:
-            body = request.stream
+            body = _BodyStream(request.stream)
             # aiohttp frames a body of unknown length itself (chunked); a declared
             # Content-Length is kept and the body sent as is.
             headers.pop("transfer-encoding", None)
+        sending = session.request(
+            request.method,
+            # encoded=True: yarl must not re-quote what httpx carries as raw bytes.
+            yarl.URL(str(request.url), encoded=True),
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            auto_decompress=False,
+            compress=None,
+            chunked=None,
+            skip_auto_headers=_SKIP_AUTO,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout.get("connect"),
+                                          sock_read=None),
+        )
         with _translated(connecting=True):
-            response = await session.request(
-                request.method,
-                # encoded=True: yarl must not re-quote what httpx carries as raw bytes.
-                yarl.URL(str(request.url), encoded=True),
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                auto_decompress=False,
-                compress=None,
-                chunked=None,
-                skip_auto_headers=_SKIP_AUTO,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                ),
-            )
+            response = await _response_head(sending, body, read_timeout)
         return httpx.Response(
             status_code=response.status,
             headers=list(response.raw_headers),
-            stream=_ResponseStream(response),
+            stream=_ResponseStream(response, read_timeout),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": response.reason or ""},
         )
 
@@ -146,6 +175,57 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             await self._session.close()
             # Let the connector finish closing its sockets (aiohttp's documented idiom).
             await asyncio.sleep(0)
+
+
+def _header_text(value: bytes) -> str:
+    """aiohttp writes header values as UTF-8: a UTF-8 value goes out byte for byte (other
+    bytes, rare and obsolete in HTTP, as their Latin-1 reading)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
+class _BodyStream:
+    """The request body as aiohttp reads it, noting when it has all been read: the
+    read timeout for the response head starts then (an upload may take its time)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.sent = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+        self.sent.set()
+
+
+async def _response_head(sending: Any, body: _BodyStream | None,
+                         read_timeout: float | None) -> aiohttp.ClientResponse:
+    """Await the response head: no deadline while the body is going out, then
+    `read_timeout` (a bodyless request: from the start)."""
+    if read_timeout is None:
+        return cast(aiohttp.ClientResponse, await sending)
+    if body is None:
+        async with asyncio.timeout(read_timeout):
+            return cast(aiohttp.ClientResponse, await sending)
+    task = asyncio.ensure_future(sending)
+    try:
+        sent = asyncio.ensure_future(body.sent.wait())
+        try:
+            await asyncio.wait((task, sent), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sent.cancel()
+        if not task.done():
+            async with asyncio.timeout(read_timeout):
+                await task
+        return cast(aiohttp.ClientResponse, task.result())
+    except BaseException:
+        # A timeout, or the caller cancelled: the request is abandoned with its connection.
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise
 
 
 def build_transport(name: str, *, max_connections: int = 1000) -> httpx.AsyncBaseTransport:

@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from gateway.admin.keys import key_routes
 from gateway.identity.registry import KeyRegistry
 from gateway.store import Store
+from tests.gateway_harness import BASE_RULES, running_gateway
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -127,3 +128,13 @@ async def test_unknown_field_is_named(store: Store) -> None:
     async with admin_client(store) as c:
         r = await c.post("/admin/keys", headers=AUTH, json={"user": "ann", "usr": "x"})
     assert "usr" in r.json()["detail"]
+
+
+async def test_the_admin_listener_answers_a_trailing_slash_without_a_redirect(
+        store_url: str | None) -> None:
+    rules = BASE_RULES.format(upstream="http://127.0.0.1:9", timeout="1s")
+    async with running_gateway(rules, store_url) as gw, \
+            httpx.AsyncClient(base_url=gw.admin_url) as c:
+        r = await c.delete("/admin/keys/")
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/problem+json"

@@ -128,6 +128,17 @@ async def test_bearer_gateway_key_is_accepted_and_not_forwarded(
     assert got.header("x-gateway-user") == "bob"
 
 
+@pytest.mark.parametrize("spelling", ["Bearer  {key}", "bearer\t{key}", "BEARER {key}"])
+async def test_no_spelling_of_a_bearer_gateway_key_is_forwarded(
+    gw: RunningGateway, upstream: RecordingUpstream, spelling: str
+) -> None:
+    key = await gw.new_key(user="bob")
+    async with client(gw.url) as c:
+        r = await c.get("/api/echo", headers={"Authorization": spelling.format(key=key)})
+    assert r.status_code == 200
+    assert upstream.requests[-1].header("authorization") is None
+
+
 async def test_response_hop_by_hop_removed_and_via_appended(gw: RunningGateway) -> None:
     key = await gw.new_key()
     async with client(gw.url) as c:
@@ -162,6 +173,11 @@ async def test_forwarding_headers_from_untrusted_peer_are_not_believed(
     assert got.header("x-forwarded-for") == "127.0.0.1"
     assert got.header("x-forwarded-proto") == "http"
     assert got.header("x-forwarded-host") == f"127.0.0.1:{gw.gateway.port()}"
+    async with client(gw.url) as c:
+        await c.get("/api/echo", headers={
+            "X-Api-Key": key, "Forwarded": "for=6.6.6.6;proto=https", "X-Real-IP": "6.6.6.6"})
+    got = upstream.requests[-1]
+    assert got.header("forwarded") is None and got.header("x-real-ip") is None
 
 
 async def test_forwarding_headers_from_trusted_peer_are_extended(
@@ -174,11 +190,16 @@ async def test_forwarding_headers_from_trusted_peer_are_extended(
         async with client(gw.url) as c:
             await c.get("/api/echo", headers={
                 "X-Api-Key": key, "X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https",
-                "X-Forwarded-Host": "api.example"})
-    got = upstream.requests[-1]
+                "X-Forwarded-Host": "api.example", "Forwarded": "for=6.6.6.6",
+                "X-Real-IP": "6.6.6.6"})
+            got = upstream.requests[-1]
+            await c.get("/api/echo", headers={
+                "X-Api-Key": key, "X-Forwarded-Proto": "javascript, https"})
     assert got.header("x-forwarded-for") == "6.6.6.6, 127.0.0.1"
     assert got.header("x-forwarded-proto") == "https"
     assert got.header("x-forwarded-host") == "api.example"
+    assert (got.header("forwarded"), got.header("x-real-ip")) == ("for=6.6.6.6", "6.6.6.6")
+    assert upstream.requests[-1].header("x-forwarded-proto") == "http"  # not a scheme
 
 
 async def test_upstream_receives_the_normalised_path(
@@ -246,8 +267,12 @@ async def test_connect_error_is_502() -> None:
         key = await gw.new_key()
         async with client(gw.url) as c:
             r = await c.get("/api/echo", headers={"X-Api-Key": key})
+            metrics = (await c.get(gw.admin_url + "/metrics")).text
     assert r.status_code == 502
     assert r.json()["code"] == "UPSTREAM_UNAVAILABLE"
+    # Counted under the upstream's name (the route is "/api/").
+    assert 'gateway_upstream_errors_total{code="UPSTREAM_UNAVAILABLE",upstream="main"} 1.0' \
+        in metrics
 
 
 async def test_timeout_is_504_and_close_is_502(gw: RunningGateway) -> None:
@@ -320,9 +345,51 @@ async def test_request_id_reaches_the_upstream_once_and_in_flight_returns_to_zer
         mine = await c.get("/api/echo", headers={"X-Api-Key": key, "X-Request-Id": "abc-1"})
         theirs = await c.get("/api/echo", headers={"X-Api-Key": key})
         metrics = (await c.get(gw.admin_url + "/metrics")).text
-    sent = [r.header_names().count("x-request-id") for r in upstream.requests[-2:]]
-    assert sent == [1, 1]
+        bad = await c.get("/api/echo", headers={"X-Api-Key": key, "X-Request-Id": "../etc"})
+    sent = [r.header_names().count("x-request-id") for r in upstream.requests[-3:]]
+    assert sent == [1, 1, 1]
+    assert upstream.requests[-1].header("x-request-id") == bad.headers["x-request-id"] != \
+        "../etc"
+    del upstream.requests[-1]
     assert upstream.requests[-2].header("x-request-id") == "abc-1"
     assert mine.headers["x-request-id"] == "abc-1"
     assert upstream.requests[-1].header("x-request-id") == theirs.headers["x-request-id"]
     assert "gateway_requests_in_flight 0.0" in metrics
+
+
+async def test_header_values_reach_the_upstream_byte_for_byte(
+    gw: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    key = await gw.new_key()
+    resp = await raw_request(gw.gateway.port(), (
+        b"GET /api/echo HTTP/1.1\r\nHost: g\r\nX-Api-Key: " + key.encode()
+        + b"\r\nX-Name: caf\xc3\xa9\r\nConnection: close\r\n\r\n"))
+    assert resp.startswith(b"HTTP/1.1 200")
+    assert upstream.requests[-1].header("x-name") == b"caf\xc3\xa9".decode("latin-1")
+
+
+async def test_a_transfer_coding_other_than_chunked_is_501_and_costs_nothing(
+    gw: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    key = await gw.new_key(user="tec")
+    before = len(upstream.requests)
+    resp = await raw_request(gw.gateway.port(), (
+        f"POST /api/echo HTTP/1.1\r\nHost: g\r\nX-Api-Key: {key}\r\n"
+        "Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n"
+        "3\r\nabc\r\n0\r\n\r\n").encode())
+    assert resp.startswith(b"HTTP/1.1 501")
+    assert b'"code":"UNSUPPORTED_TRANSFER_CODING"' in resp
+    assert len(upstream.requests) == before
+
+
+async def test_a_bodyless_post_gets_no_length_the_client_did_not_send(
+    gw: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    key = await gw.new_key()
+    for method in ("POST", "PUT", "DELETE"):
+        resp = await raw_request(gw.gateway.port(), (
+            f"{method} /api/echo HTTP/1.1\r\nHost: g\r\nX-Api-Key: {key}\r\n"
+            "Connection: close\r\n\r\n").encode())
+        assert resp.startswith(b"HTTP/1.1 200"), method
+        names = upstream.requests[-1].header_names()
+        assert "content-length" not in names and "transfer-encoding" not in names, method

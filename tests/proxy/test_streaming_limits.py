@@ -96,3 +96,62 @@ async def test_client_disconnects_mid_stream_never_leak_upstream_connections(
         counted = [line for line in metrics.splitlines()
                    if line.startswith("gateway_client_disconnects_total")]
         assert counted == ['gateway_client_disconnects_total{route="/api/"} 40.0'], counted
+
+
+async def disconnects(admin_url: str) -> float:
+    async with httpx.AsyncClient() as admin:
+        metrics = (await admin.get(admin_url + "/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("gateway_client_disconnects_total{"))
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpcore"])
+async def test_a_client_leaving_a_fast_download_is_noticed(
+    upstream: RecordingUpstream, transport: str
+) -> None:
+    """The upstream is faster than any client: every read finishes before the client's
+    departure is looked at. The gateway must still stop, not relay 50 MiB into the void."""
+    rules = BASE_RULES.format(upstream=upstream.url, timeout="30s")
+    async with running_gateway(rules, upstream_transport=transport) as gw:
+        key = await gw.new_key()
+        for _ in range(8):
+            async with client(gw.url) as c, c.stream(
+                "GET", "/api/big?mb=50", headers={"X-Api-Key": key}
+            ) as r:
+                async for _chunk in r.aiter_raw():
+                    break
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while await disconnects(gw.admin_url) < 8 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert await disconnects(gw.admin_url) == 8
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpcore"])
+async def test_connections_back_in_the_pool_carry_no_stale_read_timeout(
+    upstream: RecordingUpstream, transport: str
+) -> None:
+    """Big downloads read slowly (the gateway pauses the upstream for backpressure, and
+    resumes after the body ended), then an idle spell longer than the read timeout: the
+    pooled connections must still serve the next requests, not fail with a 504 at once."""
+    rules = BASE_RULES.format(upstream=upstream.url, timeout="1s")
+    async with running_gateway(rules, upstream_transport=transport,
+                               max_upstream_connections=4) as gw:
+        key = await gw.new_key()
+
+        async def slow_download() -> int:
+            got = 0
+            async with client(gw.url) as c, c.stream(
+                "GET", "/api/big?mb=16", headers={"X-Api-Key": key}
+            ) as r:
+                async for chunk in r.aiter_raw():
+                    got += len(chunk)
+                    await asyncio.sleep(0.001)
+            return got
+
+        assert await asyncio.gather(*(slow_download() for _ in range(4))) == [16 * MiB] * 4
+        await asyncio.sleep(1.5)
+        async with client(gw.url) as c:
+            codes = [(await c.get("/api/echo", headers={"X-Api-Key": key})).status_code
+                     for _ in range(12)]
+        assert codes == [200] * 12

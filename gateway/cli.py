@@ -183,7 +183,8 @@ async def _report(args: argparse.Namespace) -> int:
     assert client is not None
     store = open_store(settings.redis_url, deadline_s=2.0)
     try:
-        result = await Reporter(store, client).run_once(ignore_backoff=True)
+        result = await Reporter(store, client, hold_s=settings.report_hold_s).run_once(
+            ignore_backoff=True)
     finally:
         await store.close()
     summary = {"streams": result.streams, "sent": result.sent,

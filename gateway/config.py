@@ -57,6 +57,8 @@ class Settings:
     alert_interval_s: float = 30.0              # <= 0: no checker task
     # Stripe usage reporting (gateway/billing/reporter.py): seconds between rounds.
     report_interval_s: float = 60.0             # <= 0: no reporter task
+    # Usage younger than this is not reported yet: reserves settle when responses end.
+    report_hold_s: float = 600.0
     # Usage records (the reporter's input) older than this are dropped even if never
     # reported: Stripe refuses meter events more than 35 days old. 0 = keep them.
     usage_retention_days: float = 35.0
@@ -81,6 +83,7 @@ class Settings:
             "alert_from": env.get("GATEWAY_ALERT_FROM") or "gateway@localhost",
             "alert_interval_s": _number(env, "GATEWAY_ALERT_INTERVAL_S", 30),
             "report_interval_s": _number(env, "GATEWAY_REPORT_INTERVAL_S", 60),
+            "report_hold_s": _number(env, "GATEWAY_REPORT_HOLD_S", 600),
             "usage_retention_days": _number(env, "GATEWAY_USAGE_RETENTION_DAYS", 35),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -137,7 +137,8 @@ class Runtime:
         # report_interval_s <= 0 turns it off) ---
         if self.stripe is not None and self.settings.report_interval_s > 0:
             self.reporter = Reporter(self.store, self.stripe, self.metrics,
-                                     interval_s=self.settings.report_interval_s)
+                                     interval_s=self.settings.report_interval_s,
+                                     hold_s=self.settings.report_hold_s)
             self._reporter_task = asyncio.get_running_loop().create_task(
                 self.reporter.run_forever())
         self.ready = True

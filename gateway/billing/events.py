@@ -133,8 +133,17 @@ async def _retrieve(make: Callable[[], Awaitable[Any]]) -> dict[str, Any] | None
 
 
 async def sync_subscription(ctx: Ctx, sub_id: str, account: Account | None = None,
-                            fallback: Mapping[str, Any] | None = None) -> Result:
-    """Re-fetch a subscription and record its current state on the account."""
+                            fallback: Mapping[str, Any] | None = None, *,
+                            advance: bool = False) -> Result:
+    """Re-fetch a subscription and record its current state on the account.
+
+    A subscription's first period is recorded whatever the event. A later one (a
+    renewal) only with `advance`: from its paid invoice (invoice.paid for
+    subscription_cycle) or a completed checkout. Quota counters are keyed by period, so
+    moving the period is granting the quota; until the renewal is paid the account goes
+    on in the period it had (the debit script extends it), and if the payment fails the
+    status policy takes over.
+    """
     sub = await _retrieve(lambda: ctx.stripe.v1.subscriptions.retrieve_async(sub_id))
     if sub is None:
         if fallback is None or ctx.event_type != "customer.subscription.deleted":
@@ -170,6 +179,11 @@ async def sync_subscription(ctx: Ctx, sub_id: str, account: Account | None = Non
     start, end = _period_s(sub, "current_period_start"), _period_s(sub, "current_period_end")
     if start is None or end is None:
         raise ValueError(f"subscription {sub_id} has no current period")
+    start_ms, end_ms = start * 1000, end * 1000
+    kept_start, kept_end = config.get("period_start"), config.get("period_end")
+    if (not advance and current == sub_id and kept_start and kept_end
+            and int(kept_start) < start_ms):
+        start_ms, end_ms = int(kept_start), int(kept_end)  # renewal not paid yet
     past_due_until: int | None = None
     if status == "past_due":
         kept = config.get("past_due_until")
@@ -178,8 +192,8 @@ async def sync_subscription(ctx: Ctx, sub_id: str, account: Account | None = Non
         else:
             past_due_until = ctx.now_ms() + rules.billing.past_due_grace_s * 1000
     await ctx.runtime.ledger.apply_subscription(
-        account, plan=plan, status=status, period_start_ms=start * 1000,
-        period_end_ms=end * 1000, past_due_until_ms=past_due_until,
+        account, plan=plan, status=status, period_start_ms=start_ms,
+        period_end_ms=end_ms, past_due_until_ms=past_due_until,
         cancel_at_period_end=bool(sub.get("cancel_at_period_end")),
         subscription_id=sub_id, billing_cycle=cycle)
     log.info("stripe webhook: %s:%s subscription %s → plan %s, status %s",
@@ -217,7 +231,8 @@ async def on_checkout(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
         sub_id = _id(session.get("subscription"))
         if sub_id is None:
             return {"received": True, "pending": True}
-        return await sync_subscription(ctx, sub_id, account)
+        # The first invoice is paid within the checkout.
+        return await sync_subscription(ctx, sub_id, account, advance=True)
     if kind == "topup":
         return await _topup(ctx, session_id, session, account, customer)
     return ignored(f"checkout kind {kind!r}")
@@ -265,7 +280,7 @@ async def on_invoice_paid(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
     sub_id = _invoice_subscription(obj)
     if reason not in QUOTA_REASONS or sub_id is None:
         return ignored(f"billing_reason {reason}")
-    return await sync_subscription(ctx, sub_id)
+    return await sync_subscription(ctx, sub_id, advance=True)
 
 
 async def on_payment_failed(ctx: Ctx, obj: Mapping[str, Any]) -> Result:

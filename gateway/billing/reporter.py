@@ -24,6 +24,9 @@ One round:
    `client.v1.billing.meter_events.create_async` with event_name = the meter's name,
    payload {stripe_customer_id, value}, the identifier, and timestamp = the group's last `t`
    in seconds (clamped into Stripe's 35-day window).
+   Usage younger than `hold_s` (GATEWAY_REPORT_HOLD_S) waits for a later round, so a
+   reserve and its settlement (which lands when the response ends, and counts in the
+   hour of its debit) go out together as their net.
 6. Success, or Stripe answering that the identifier already exists (a re-send after a crash:
    it was delivered) → one Lua step XACKs the group's entries and updates the carry.
    Failure (5xx, 429, network, any other refusal) → the entries stay pending, the stream is
@@ -197,7 +200,9 @@ def group_entries(entries: list[tuple[str, dict[str, str]]]
         if not fields or fields.get("test") == "1" or not fields.get("meter"):
             skip.append(entry_id)
             continue
-        t = _int(fields, "t") or _id_ms(entry_id)
+        # A settlement or refund counts in the hour of its debit (`dt`), so the two net
+        # out in one group instead of billing the reserve and carrying the difference.
+        t = _int(fields, "dt") or _int(fields, "t") or _id_ms(entry_id)
         key = (fields["meter"], fields.get("period", ""), t // HOUR_MS)
         g = groups.get(key)
         if g is None:
@@ -234,8 +239,12 @@ class Reporter:
 
     def __init__(self, store: Store, client: stripe.StripeClient,
                  metrics: Metrics | None = None, *, interval_s: float = 60.0,
-                 batch: int = BATCH, clock: Callable[[], float] = time.time) -> None:
+                 batch: int = BATCH, clock: Callable[[], float] = time.time,
+                 hold_s: float = 0.0) -> None:
         self.store = store
+        # Usage younger than this waits: a reserve is settled when its response ends,
+        # and reporting the debit before its settlement would bill the reserve.
+        self.hold_s = hold_s
         self.client = client
         self.customers = Customers(store, client)
         self.metrics = metrics
@@ -317,7 +326,8 @@ class Reporter:
             for _ in range(MAX_BATCHES):
                 entries = await self._read(key, "0")    # an unfinished batch first
                 if not entries:
-                    entries = await self._read(key, ">")
+                    count = await self._ready(key)
+                    entries = await self._read(key, ">", count) if count else []
                 if not entries:
                     return True
                 if not await self._batch(key, account, entries, lock, token, result):
@@ -327,9 +337,28 @@ class Reporter:
             with contextlib.suppress(StoreUnavailable):
                 await self._call(self._release(keys=[lock], args=[token]))
 
-    async def _read(self, key: str, start: str) -> list[tuple[str, dict[str, str]]]:
+    async def _ready(self, key: str) -> int:
+        """How many unread entries are old enough to report (at most a batch).
+
+        Counted before reading, so entries still held back are never delivered: a
+        pending batch is always exactly one that may have gone out, and is re-sent as it
+        was (same entries, same identifiers).
+        """
+        if self.hold_s <= 0:
+            return self.batch
+        c = self.store.client
+        groups = await self._call(c.xinfo_groups(key))
+        info = next((g for g in groups if _text(g.get("name")) == GROUP), None)
+        last = _text(info.get("last-delivered-id") or "0-0") if info else "0-0"
+        cutoff_ms = int((self.clock() - self.hold_s) * 1000)
+        rows = await self._call(c.xrange(key, min="-" if last == "0-0" else "(" + last,
+                                         max=str(cutoff_ms), count=self.batch))
+        return len(rows)
+
+    async def _read(self, key: str, start: str, count: int | None = None
+                    ) -> list[tuple[str, dict[str, str]]]:
         reply = await self._call(self.store.client.xreadgroup(
-            GROUP, CONSUMER, {key: start}, count=self.batch))
+            GROUP, CONSUMER, {key: start}, count=count or self.batch))
         if isinstance(reply, dict):  # RESP3
             streams = list(reply.values())
             raw = streams[0][0] if streams and streams[0] else []

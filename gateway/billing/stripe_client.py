@@ -9,11 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import stripe
 from stripe._base_address import BaseAddresses
 
 from gateway.config import Settings
 from gateway.errors import GatewayError
+
+# The SDK waits 80 s per attempt by default: a Stripe that accepts connections but never
+# answers kept a top-up (and a webhook) waiting four minutes. Two attempts of at most
+# STRIPE_TIMEOUT_S each bound every call to about 20 s.
+STRIPE_TIMEOUT_S = 8.0
+STRIPE_CONNECT_TIMEOUT_S = 3.0
+STRIPE_RETRIES = 1
 
 
 def build_stripe_client(settings: Settings) -> stripe.StripeClient | None:
@@ -30,8 +38,9 @@ def build_stripe_client(settings: Settings) -> stripe.StripeClient | None:
         base_addresses=bases,
         # Async requests go through httpx (the SDK's async client); retries are the SDK's
         # own, with idempotency keys, so a retried create never happens twice.
-        http_client=stripe.HTTPXClient(),
-        max_network_retries=2,
+        http_client=stripe.HTTPXClient(
+            timeout=httpx.Timeout(STRIPE_TIMEOUT_S, connect=STRIPE_CONNECT_TIMEOUT_S)),
+        max_network_retries=STRIPE_RETRIES,
     )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.billing import stripe_client
 from gateway.billing.checkout import return_url_allowed
 from gateway.billing.customers import Customers
 from gateway.billing.subscription import shown_status
@@ -521,6 +523,22 @@ async def test_stripe_outage_is_502_and_changes_nothing(
     problem(r, 502, "STRIPE_UNAVAILABLE")
     assert (await gw.runtime.ledger.config(account))["cancel_at_period_end"] == "0"
     assert fake.get("subscription", "sub_ann")["cancel_at_period_end"] is False
+
+
+async def test_a_stripe_that_never_answers_is_502_within_the_timeouts(
+        store_url: str | None, fake: FakeStripe, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two attempts of STRIPE_TIMEOUT_S each (here 0.3 s), not the SDK's 80 s."""
+    monkeypatch.setattr(stripe_client, "STRIPE_TIMEOUT_S", 0.3)
+    async with running_gateway(RULES, store_url, **stripe_settings(fake)) as gw:
+        h = await key(gw)
+        fake.hang_s = 5
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        r = await call(gw, "POST", "/billing/topup", h, json={"tier": "small"})
+        elapsed = loop.time() - t0
+        fake.hang_s = 0
+    problem(r, 502, "STRIPE_UNAVAILABLE")
+    assert elapsed < 3, f"took {elapsed:.1f} s"
 
 
 async def test_without_stripe_billing_is_503_and_the_proxy_keeps_working() -> None:

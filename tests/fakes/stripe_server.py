@@ -6,7 +6,8 @@ contributing routes; this module holds the shared state and the wire format:
 form-encoded requests (`a[b][0]=c`), JSON responses, Stripe-shaped errors.
 
 Failure knobs: `fake.fail_next(n, status=500)` makes the next n requests fail;
-`fake.down = True` refuses everything with 503 (an outage).
+`fake.down = True` refuses everything with 503 (an outage); `fake.hang_s = 5` makes every
+request wait that long before it is answered (a Stripe that accepts but does not answer).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class FakeStripe:
     objects: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     down: bool = False
+    hang_s: float = 0.0
     _failures: list[int] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     url: str = ""
@@ -113,6 +115,8 @@ def build_app(fake: FakeStripe) -> Starlette:
         form = parse_form(body) if body else dict(request.query_params)
         request.state.form = form
         fake.requests.append((request.method, request.url.path, form))
+        if fake.hang_s:
+            await asyncio.sleep(fake.hang_s)
         if fake.down:
             return stripe_error(503, "Stripe is down (fake outage)", type_="api_error")
         if fake._failures:

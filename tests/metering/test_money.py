@@ -144,8 +144,19 @@ async def test_subscription_period_keys_the_quota(store: Store) -> None:
     leg = await d.debit(USER, 100, ms(2026, 12, 1))
     assert leg.period == f"s{start}"
     assert (await d.debit(USER, 50, ms(2026, 12, 9))).code == "QUOTA_EXHAUSTED"
-    after = await d.debit(USER, 50, end)  # the period ended: back to the calendar month
-    assert (after.verdict, after.period) == (1, "2026-12")
+    # The period ended but no renewal was recorded (its invoice is not paid yet): the
+    # period goes on, quota spent and all.
+    after = await d.debit(USER, 50, end)
+    assert (after.code, after.period) == ("QUOTA_EXHAUSTED", f"s{start}")
+    # Lapsed, the account falls back to the default plan on calendar months.
+    await set_plan(store, USER, "free", status="canceled")
+    lapsed = await d.debit(USER, 50, end)
+    assert (lapsed.verdict, lapsed.period) == (1, "2026-12")
+    # A renewal recorded: the new period's quota.
+    await set_plan(store, USER, "free", status="active", period_start=str(end),
+                   period_end=str(ms(2027, 1, 10)))
+    renewed = await d.debit(USER, 50, end + 1)
+    assert (renewed.verdict, renewed.period, renewed.quota_remaining) == (1, f"s{end}", 50)
 
 
 async def test_shadow_plan_decides_but_writes_nothing(store: Store) -> None:

@@ -69,17 +69,10 @@ end
 -- default plan where configured.
 local acct = redis.call('HMGET', acct_key, 'plan', 'status', 'past_due_until',
   'period_start', 'period_end', 'cap_micro', 'hard_cap')
-local plan = acct[1]
-local status = acct[2] or 'active'
-local inactive = false
-if plan then
-  if status == 'past_due' then
-    inactive = now >= tonumber(acct[3] or '0')
-  elseif status ~= 'active' and status ~= 'trialing' then
-    inactive = true
-  end
-end
+local plan = acct[1] or nil   -- HMGET gives false for a missing field
+local inactive = plan ~= nil and subscription_inactive(acct[2], acct[3], now)
 if inactive and ARGV[15] == 'fallback' then plan = nil; inactive = false end
+local own = plan ~= nil
 -- "\n<plan> <quota> <overage 0|1> <grace %> <enforce 0|1> <windows> <key windows>";
 -- quota -1 means the plan has no quota for this meter. A plan since removed from the
 -- rules counts as no plan of its own (the default applies).
@@ -88,6 +81,7 @@ if plan then s, e = string.find(plan_table, '\n' .. plan .. ' ', 1, true) end
 if not s then
   if ARGV[6] == '' then return other(2, 'NO_PLAN') end
   plan = ARGV[6]
+  own = false
   s, e = string.find(plan_table, '\n' .. plan .. ' ', 1, true)
   if not s then return other(2, 'NO_PLAN') end
 end
@@ -109,7 +103,8 @@ if fields[6] and fields[6] ~= '-' then key_windows = key_windows .. ',' .. field
 -- Shadow mode keeps counters of its own ("s"-prefixed windows and quota), so its
 -- would-be decisions evolve as enforcement would, while nothing real is charged.
 local sp = enforce and '' or 's'
-local period, _, period_end = period_at(now, tonumber(acct[4] or ''), tonumber(acct[5] or ''))
+local period, _, period_end = period_at(now, tonumber(acct[4] or ''), tonumber(acct[5] or ''),
+  own and not inactive)
 local period_key = period_prefix .. period
 
 -- Throughput: sliding windows of `buckets` sub-buckets each (see docs/metering.md).

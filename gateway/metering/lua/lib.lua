@@ -46,10 +46,21 @@ local function civil_from_days(days)
   return y, m, d
 end
 
+-- Whether a subscription's status stops its plan: anything but active or trialing, and
+-- past_due once its grace (past_due_until, ms) is over. No status (false from HMGET, as
+-- a manual plan may have) is active.
+local function subscription_inactive(status, past_due_until, now)
+  if not status then return false end
+  if status == 'past_due' then return now >= tonumber(past_due_until or '0') end
+  return status ~= 'active' and status ~= 'trialing'
+end
+
 -- The billing period at `now`: the subscription's while it runs, else the UTC calendar
--- month. Returns the period id (a key suffix), its start and its end in ms.
-local function period_at(now, p_start, p_end)
-  if p_start and p_end and now >= p_start and now < p_end then
+-- month. Returns the period id (a key suffix), its start and its end in ms. With
+-- `extend` (the subscription's own plan applies) a period that has ended goes on until
+-- the next one is recorded: a renewal's quota comes with its paid invoice, not before.
+local function period_at(now, p_start, p_end, extend)
+  if p_start and p_end and now >= p_start and (now < p_end or extend) then
     return 's' .. fmt(p_start), p_start, p_end
   end
   local y, m = civil_from_days(math.floor(now / 86400000))

@@ -11,20 +11,17 @@ local now = clock_ms(ARGV[1])
 local buckets = tonumber(ARGV[4])
 local acct = redis.call('HMGET', acct_key, 'plan', 'status', 'past_due_until',
   'period_start', 'period_end')
-local plan, status = acct[1], acct[2] or 'active'
-if plan then
-  local inactive = false
-  if status == 'past_due' then inactive = now >= tonumber(acct[3] or '0')
-  elseif status ~= 'active' and status ~= 'trialing' then inactive = true end
-  if inactive and ARGV[5] == 'fallback' then plan = nil end
-end
+local plan, status = acct[1] or nil, acct[2] or 'active'
+local inactive = plan ~= nil and subscription_inactive(acct[2], acct[3], now)
+if inactive and ARGV[5] == 'fallback' then plan = nil; inactive = false end
 -- A plan since removed from the rules counts as none (the debit script agrees).
 if plan and not string.find(ARGV[3], '\n' .. plan .. ' ', 1, true) then plan = nil end
+local own = plan ~= nil
 if not plan and ARGV[2] ~= '' then plan = ARGV[2] end
 plan = plan or ''
 
 local period, p_start, p_end = period_at(now, tonumber(acct[4] or ''),
-  tonumber(acct[5] or ''))
+  tonumber(acct[5] or ''), own and not inactive)
 local counters = redis.call('HGETALL', period_prefix .. period)
 local credits = tonumber(redis.call('GET', credits_key) or '0')
 

@@ -52,6 +52,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "INVALID_PLAN": (400, "Invalid plan"),
     "RETURN_URL_NOT_ALLOWED": (400, "return_url not in allow-list"),
     "STRIPE_UNAVAILABLE": (502, "Stripe unavailable"),
+    "STRIPE_REJECTED": (502, "Stripe refused the request"),
     "INVALID_SIGNATURE": (400, "Invalid webhook signature"),
     "RULES_INVALID": (422, "Rules file invalid"),
     "INTERNAL": (500, "Internal error"),

@@ -2,13 +2,23 @@
 
 Nothing is granted here: the session only collects the payment. The webhook grants the
 plan or the credits once Stripe says the money arrived (metadata carries the account).
+
+An account has at most one open subscription checkout (`gw:{tag}:checkout`, as long as
+the session lives): asking again for the same plan and cycle returns the same
+`checkout_url`, another plan expires the old session first. Two checkouts completed side
+by side would be two live subscriptions billing one account.
 """
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+import time
 from decimal import Decimal
+from typing import Any
 from urllib.parse import urlsplit
 
+import stripe
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from stripe import RequestOptions
@@ -37,6 +47,9 @@ CYCLES = ("monthly", "annual")
 LIVE_STATUSES = frozenset({"active", "trialing", "past_due"})
 MICRO_PER_CENT = MICRO // 100
 TOPUP_PRODUCT = "Prepaid credits"
+CHECKOUT_TTL_S = 3600      # a subscription session's life (Stripe allows 30 min to 24 h)
+CHECKOUT_LOCK_MS = 30_000  # one session is created at a time per account
+LOCK_WAIT_S = 10.0
 
 
 def _options(key: str | None) -> RequestOptions:
@@ -74,25 +87,109 @@ async def create_checkout(request: Request) -> JSONResponse:
     config = await ctx.runtime.ledger.config(account)
     if (config.get("source") == "stripe" and config.get("stripe_subscription")
             and config.get("status") in LIVE_STATUSES):
-        raise GatewayError("CONFLICT", f"this {account.scope} already has a "
-                           f"{config.get('status')} subscription to "
+        status = config.get("status") or ""
+        raise GatewayError("CONFLICT", f"this {account.scope} already has "
+                           f"{'an' if status[:1] in 'aeiou' else 'a'} {status} subscription to "
                            f"{config.get('plan')!r}; change plans in the billing portal "
                            "(POST /billing/portal)")
     success, cancel = _return_urls(rules.billing, topup=False)
     key = idempotency_key(request, "checkout", account)
-    customer = await Customers(ctx.runtime.store, ctx.stripe).ensure(account, body.get("email"))
-    metadata = {"gateway_scope": account.scope, "gateway_id": account.id, "plan": name,
-                "billing_cycle": cycle, "kind": "subscription"}
-    params: SessionCreateParams = {
-        "mode": "subscription", "customer": customer,
-        "line_items": [{"price": price, "quantity": 1}],
-        "client_reference_id": f"{account.scope}:{account.id}",
-        "metadata": metadata, "subscription_data": {"metadata": metadata},
-        "success_url": success, "cancel_url": cancel}
-    with stripe_errors():
-        session = await ctx.stripe.v1.checkout.sessions.create_async(
-            params=params, options=_options(key))
+    store = ctx.runtime.store
+    lock, token = account.key("checkout-lock"), secrets.token_hex(8)
+    await _take_lock(store, lock, token)
+    try:
+        open_ = await _open_checkout(ctx, account)
+        if open_ is not None and (open_["plan"], open_["cycle"]) == (name, cycle):
+            return JSONResponse({"checkout_url": open_["url"], "session_id": open_["session"],
+                                 "reused": True})
+        if open_ is not None:
+            await _expire_session(ctx, open_["session"])
+        metadata = {"gateway_scope": account.scope, "gateway_id": account.id, "plan": name,
+                    "billing_cycle": cycle, "kind": "subscription"}
+        expires_at = int(time.time()) + CHECKOUT_TTL_S
+
+        def params(customer: str) -> SessionCreateParams:
+            return {
+                "mode": "subscription", "customer": customer,
+                "line_items": [{"price": price, "quantity": 1}],
+                "client_reference_id": f"{account.scope}:{account.id}",
+                "metadata": metadata, "subscription_data": {"metadata": metadata},
+                "success_url": success, "cancel_url": cancel, "expires_at": expires_at}
+
+        session = await create_session(ctx, account, body.get("email"), params, key)
+        await store.call(store.client.hset(account.key("checkout"), mapping={
+            "session": session.id, "url": session.url, "plan": name, "cycle": cycle}))
+        await store.call(store.client.expireat(account.key("checkout"), expires_at))
+    finally:
+        await _release_lock(store, lock, token)
     return JSONResponse({"checkout_url": session.url, "session_id": session.id})
+
+
+async def create_session(ctx: Context, account: Account, email: str | None,
+                         params: Any, key: str | None) -> stripe.checkout.Session:
+    """A Checkout session for the account's customer. A customer deleted on Stripe's side
+    (an operator's clean-up) is replaced once instead of failing every later checkout."""
+    customers = Customers(ctx.runtime.store, ctx.stripe)
+    customer = await customers.ensure(account, email)
+    for attempt in (1, 2):
+        try:
+            with stripe_errors():
+                return await ctx.stripe.v1.checkout.sessions.create_async(
+                    params=params(customer), options=_options(key))
+        except GatewayError as exc:
+            cause = exc.__cause__
+            if attempt == 2 or not _customer_missing(cause):
+                raise
+            customer = await customers.replace(account, customer, email)
+    raise AssertionError("unreachable")
+
+
+def _customer_missing(exc: BaseException | None) -> bool:
+    """Stripe's "No such customer" (HTTP 400 resource_missing, param customer)."""
+    return (isinstance(exc, stripe.InvalidRequestError) and exc.code == "resource_missing"
+            and (exc.param == "customer" or "No such customer" in str(exc)))
+
+
+async def _open_checkout(ctx: Context, account: Account) -> dict[str, str] | None:
+    store = ctx.runtime.store
+    raw = await store.read(lambda: store.client.hgetall(account.key("checkout")))
+    found = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
+                                                           else v) for k, v in raw.items()}
+    return found if {"session", "url", "plan", "cycle"} <= set(found) else None
+
+
+async def _expire_session(ctx: Context, session_id: str) -> None:
+    """End an open session so it can no longer be paid; a session that was completed
+    meanwhile means a subscription is on its way: 409."""
+    try:
+        with stripe_errors():
+            await ctx.stripe.v1.checkout.sessions.expire_async(session_id)
+        return
+    except GatewayError as exc:
+        if exc.code != "STRIPE_REJECTED":
+            raise
+    with stripe_errors():
+        session = await ctx.stripe.v1.checkout.sessions.retrieve_async(session_id)
+    if session.status == "complete":
+        raise GatewayError("CONFLICT", "a checkout of this account has just been completed; "
+                           "its subscription is being set up (GET /billing/subscription)")
+
+
+async def _take_lock(store: Any, lock: str, token: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LOCK_WAIT_S
+    while not await store.call(store.client.set(lock, token, nx=True, px=CHECKOUT_LOCK_MS)):
+        if loop.time() >= deadline:
+            raise GatewayError("CONFLICT", "another checkout of this account is being "
+                               "created; retry in a moment", headers={"Retry-After": "5"})
+        await asyncio.sleep(0.05)
+
+
+async def _release_lock(store: Any, lock: str, token: str) -> None:
+    current = await store.read(lambda: store.client.get(lock))
+    if current is not None and (current.decode() if isinstance(current, bytes)
+                                else current) == token:
+        await store.call(store.client.delete(lock))
 
 
 def topup_micro(billing: BillingConfig, tier: object, amount: object) -> int:
@@ -132,20 +229,20 @@ async def create_topup(request: Request) -> JSONResponse:
     account = account_of(ctx.caller, body.get("scope"))
     success, cancel = _return_urls(billing, topup=True)
     key = idempotency_key(request, "topup", account)
-    customer = await Customers(ctx.runtime.store, ctx.stripe).ensure(account, body.get("email"))
     metadata = {"kind": "topup", "gateway_scope": account.scope, "gateway_id": account.id,
                 "credits_micro_usd": str(micro)}
-    params: SessionCreateParams = {
-        "mode": "payment", "customer": customer,
-        "line_items": [{"quantity": 1, "price_data": {
-            "currency": "usd", "unit_amount": micro // MICRO_PER_CENT,
-            "product_data": {"name": TOPUP_PRODUCT}}}],
-        "client_reference_id": f"{account.scope}:{account.id}",
-        "metadata": metadata, "payment_intent_data": {"metadata": metadata},
-        "success_url": success, "cancel_url": cancel}
-    with stripe_errors():
-        session = await ctx.stripe.v1.checkout.sessions.create_async(
-            params=params, options=_options(key))
+
+    def params(customer: str) -> SessionCreateParams:
+        return {
+            "mode": "payment", "customer": customer,
+            "line_items": [{"quantity": 1, "price_data": {
+                "currency": "usd", "unit_amount": micro // MICRO_PER_CENT,
+                "product_data": {"name": TOPUP_PRODUCT}}}],
+            "client_reference_id": f"{account.scope}:{account.id}",
+            "metadata": metadata, "payment_intent_data": {"metadata": metadata},
+            "success_url": success, "cancel_url": cancel}
+
+    session = await create_session(ctx, account, body.get("email"), params, key)
     return JSONResponse({"checkout_url": session.url, "session_id": session.id,
                          "amount_usd": _usd(micro), "credits_micro_usd": micro})
 

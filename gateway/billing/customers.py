@@ -39,15 +39,24 @@ class Customers:
         existing = await self.find(account)
         if existing:
             return existing
+        # One customer per account even if two requests race to create it.
+        return await self._create(account, email, f"gw-customer-{account.scope}-{account.id}")
+
+    async def replace(self, account: Account, gone: str, email: str | None = None) -> str:
+        """A new customer for an account whose customer `gone` no longer exists."""
+        await self.store.call(self.store.client.hdel(account.config_key, "stripe_customer"))
+        await self.store.call(self.store.client.delete(REVERSE_PREFIX + gone))
+        return await self._create(account, email,
+                                  f"gw-customer-{account.scope}-{account.id}-{gone}")
+
+    async def _create(self, account: Account, email: str | None, idempotency_key: str) -> str:
         params: CustomerCreateParams = {
             "metadata": {"gateway_scope": account.scope, "gateway_id": account.id}}
         if email:
             params["email"] = email
         with stripe_errors():
             customer = await self.stripe.v1.customers.create_async(
-                params=params,
-                # One customer per account even if two requests race to create it.
-                options={"idempotency_key": f"gw-customer-{account.scope}-{account.id}"})
+                params=params, options={"idempotency_key": idempotency_key})
         await self.link(account, customer.id)
         return str(customer.id)
 

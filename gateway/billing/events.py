@@ -176,6 +176,15 @@ async def sync_subscription(ctx: Ctx, sub_id: str, account: Account | None = Non
     if current and current != sub_id and status in ENDED and config.get("status") in LIVE:
         # An old subscription ending must not cancel the one that replaced it.
         return ignored("superseded subscription")
+    if current and current != sub_id and status in LIVE and config.get("status") in LIVE:
+        # Two live subscriptions bill one account: the newer one is tracked, the other is
+        # named on the account (GET /billing/subscription shows it) and logged.
+        log.error("stripe webhook: %s:%s has two live subscriptions, %s and %s; tracking "
+                  "%s (cancel the other in Stripe)", account.scope, account.id, current,
+                  sub_id, sub_id)
+        ctx.problem("duplicate_subscription")
+        store = ctx.runtime.store
+        await store.call(store.client.hset(account.config_key, "other_subscription", current))
     start, end = _period_s(sub, "current_period_start"), _period_s(sub, "current_period_end")
     if start is None or end is None:
         raise ValueError(f"subscription {sub_id} has no current period")
@@ -228,6 +237,12 @@ async def on_checkout(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
     if kind == "subscription":
         if customer:
             await ctx.customers.link(account, customer)
+        store = ctx.runtime.store
+        open_ = await store.read(lambda: store.client.hget(account.key("checkout"),
+                                                           "session"))
+        if open_ is not None and (open_.decode() if isinstance(open_, bytes)
+                                  else open_) == session_id:
+            await store.call(store.client.delete(account.key("checkout")))
         sub_id = _id(session.get("subscription"))
         if sub_id is None:
             return {"received": True, "pending": True}

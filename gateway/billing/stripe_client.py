@@ -51,13 +51,28 @@ def require_stripe(client: stripe.StripeClient | None) -> stripe.StripeClient:
     return client
 
 
+def is_outage(exc: stripe.StripeError) -> bool:
+    """Stripe unreachable, overloaded or failing (retry later), as opposed to Stripe
+    refusing the request (a 4xx: retrying the same request gets the same answer)."""
+    if isinstance(exc, (stripe.APIConnectionError, stripe.RateLimitError)):
+        return True
+    status = getattr(exc, "http_status", None)
+    return status is None or status >= 500
+
+
 @contextmanager
 def stripe_errors() -> Iterator[None]:
-    """Translate Stripe failures into 502 STRIPE_UNAVAILABLE with a retry hint."""
+    """Translate Stripe failures: an outage is 502 STRIPE_UNAVAILABLE with a retry hint, a
+    refusal 502 STRIPE_REJECTED with Stripe's reason (no hint: a retry would not help)."""
     try:
         yield
     except stripe.StripeError as exc:
         status = getattr(exc, "http_status", None)
+        if not is_outage(exc):
+            reason = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
+            raise GatewayError(
+                "STRIPE_REJECTED", f"Stripe refused the request (HTTP {status}): {reason}; "
+                "nothing was changed", stripe_code=getattr(exc, "code", None)) from exc
         raise GatewayError(
             "STRIPE_UNAVAILABLE",
             f"Stripe did not complete the request ({type(exc).__name__}"

@@ -62,6 +62,9 @@ def subscription_document(account: Account, config: dict[str, str]) -> dict[str,
         "scope": account.scope,
         "source": source,
         "subscription_id": stripe_id,
+        # Another live subscription Stripe reported for this account: it bills too.
+        "other_subscription_id": (config.get("other_subscription") or None) if stripe_id
+        else None,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -120,7 +121,9 @@ async def test_checkout_creates_a_subscription_session_for_the_callers_customer(
     account = Account("user", "ann")
     assert await Customers(gw.runtime.store, gw.runtime.stripe).find(account) == customer["id"]
 
-    form = fake.calls("POST", "/v1/checkout/sessions")[0]
+    form = dict(fake.calls("POST", "/v1/checkout/sessions")[0])
+    # The session lives an hour (so a stale one cannot complete days later).
+    assert abs(int(form.pop("expires_at")) - (int(time.time()) + 3600)) < 60
     metadata = {"gateway_scope": "user", "gateway_id": "ann", "plan": "starter",
                 "billing_cycle": "annual", "kind": "subscription"}
     assert form == {
@@ -141,10 +144,34 @@ async def test_checkout_creates_a_subscription_session_for_the_callers_customer(
     r = await call(gw, "POST", "/billing/checkout", h, json={"plan": "pro"})
     assert r.status_code == 200, r.text
     assert len(fake.calls("POST", "/v1/customers")) == 1
-    second = fake.calls("POST", "/v1/checkout/sessions")[1]
+    second = fake.calls("POST", "/v1/checkout/sessions")[-1]  # after expiring the first
     assert second["customer"] == customer["id"]
     assert second["line_items"] == [{"price": "price_pro_monthly", "quantity": "1"}]
     assert second["metadata"]["billing_cycle"] == "monthly"
+    # Another plan: the first session is expired, so it can no longer be paid as well.
+    assert fake.get("checkout.session", body["session_id"])["status"] == "expired"
+
+
+async def test_one_open_checkout_per_account(gw: RunningGateway, fake: FakeStripe) -> None:
+    """Asked twice (or twice at once), one session: two completed checkouts would be two
+    live subscriptions billing one account."""
+    h = await key(gw, "ann")
+    first = await call(gw, "POST", "/billing/checkout", h, json={"plan": "starter"})
+    again = await call(gw, "POST", "/billing/checkout", h, json={"plan": "starter"})
+    assert first.status_code == again.status_code == 200
+    assert again.json() == {**first.json(), "reused": True}
+    h2 = await key(gw, "bob")
+    both = await asyncio.gather(*(call(gw, "POST", "/billing/checkout", h2,
+                                       json={"plan": "pro"}) for _ in range(2)))
+    assert [r.status_code for r in both] == [200, 200]
+    assert both[0].json()["session_id"] == both[1].json()["session_id"]
+    assert len(fake.calls("POST", "/v1/checkout/sessions")) == 2
+    # Completed: the next checkout is a conflict with the subscription, not a reuse.
+    session = fake.get("checkout.session", first.json()["session_id"])
+    session.update(status="complete", payment_status="paid")
+    await subscribe(gw, Account("user", "ann"))
+    problem(await call(gw, "POST", "/billing/checkout", h, json={"plan": "starter"}),
+            409, "CONFLICT")
 
 
 async def test_checkout_for_the_workspace_needs_a_workspace_key(
@@ -408,7 +435,7 @@ async def test_subscription_is_read_from_the_ledger(gw: RunningGateway,
         "current_period_start": "2026-01-01T00:00:00Z",
         "current_period_end": "2026-02-01T00:00:00Z",
         "billing_cycle": "monthly", "scope": "workspace", "source": "stripe",
-        "subscription_id": "sub_ann"}
+        "subscription_id": "sub_ann", "other_subscription_id": None}
     problem(await call(gw, "GET", "/billing/subscription", h), 404, "NOT_FOUND")
     r = await call(gw, "GET", "/billing/subscription", h, params={"scope": "galaxy"})
     problem(r, 400, "BAD_REQUEST")
@@ -426,7 +453,7 @@ async def test_a_plan_given_by_an_operator_is_shown_but_not_stripes_to_cancel(
         "plan": "pro", "status": "active", "cancel_at_period_end": False,
         "current_period_start": None, "current_period_end": None,
         "billing_cycle": None, "scope": "user", "source": "manual",
-        "subscription_id": None}
+        "subscription_id": None, "other_subscription_id": None}
     r = await call(gw, "DELETE", "/billing/subscription", h)
     assert "given by an operator" in problem(r, 404, "NOT_FOUND")["detail"]
     r = await call(gw, "POST", "/billing/checkout", h, json={"plan": "starter"})
@@ -450,7 +477,7 @@ async def test_cancel_at_period_end_keeps_the_service_running(
         "current_period_start": "2026-01-01T00:00:00Z",
         "current_period_end": "2026-02-01T00:00:00Z",
         "billing_cycle": "monthly", "scope": "user", "source": "stripe",
-        "subscription_id": "sub_ann"}
+        "subscription_id": "sub_ann", "other_subscription_id": None}
     assert fake.calls("POST", "/v1/subscriptions/sub_ann") == [{"cancel_at_period_end": "true"}]
     assert fake.get("subscription", "sub_ann")["cancel_at_period_end"] is True
     config = await gw.runtime.ledger.config(account)
@@ -556,3 +583,22 @@ async def test_without_stripe_billing_is_503_and_the_proxy_keeps_working() -> No
             assert r.status_code == 200, r.text
     finally:
         await upstream.stop()
+
+
+async def test_a_customer_deleted_on_stripes_side_is_replaced_once(
+        gw: RunningGateway, fake: FakeStripe) -> None:
+    account = Account("user", "ann")
+    h = await key(gw)
+    gone = await Customers(gw.runtime.store, gw.runtime.stripe).ensure(account)
+    del fake.objects["customer"][gone]          # an operator cleaned up in the dashboard
+    r = await call(gw, "POST", "/billing/topup", h, json={"tier": "small"})
+    assert r.status_code == 200, r.text
+    now = await Customers(gw.runtime.store, gw.runtime.stripe).find(account)
+    assert now is not None and now != gone
+    assert fake.calls("POST", "/v1/checkout/sessions")[-1]["customer"] == now
+    # A refusal that a retry cannot fix is said so: no retry hint.
+    del fake.objects["customer"][now]
+    r = await call(gw, "POST", "/billing/portal", h,
+                   json={"return_url": "https://example.com/account"})
+    body = problem(r, 502, "STRIPE_REJECTED")
+    assert "No such customer" in body["detail"] and "retry-after" not in r.headers

@@ -300,6 +300,19 @@ async def test_checkout_completed_links_the_customer_and_applies_the_subscriptio
     assert config["stripe_customer"] == "cus_bob"
 
 
+async def test_a_second_live_subscription_is_flagged_not_hidden(
+        gw: RunningGateway, fake: FakeStripe) -> None:
+    first = seed_sub(fake, "sub_1")
+    assert (await deliver(gw, event("customer.subscription.created", first))).status_code == 200
+    second = seed_sub(fake, "sub_2", price="price_pro_monthly")
+    r = await deliver(gw, event("customer.subscription.created", second))
+    assert r.status_code == 200 and r.json()["plan"] == "pro"
+    config = await gw.runtime.ledger.config(ANN)
+    assert (config["stripe_subscription"], config["other_subscription"]) == ("sub_2", "sub_1")
+    assert sample(gw, "gateway_billing_webhook_problems_total",
+                  {"kind": "duplicate_subscription"}) == 1
+
+
 # --- invoices -------------------------------------------------------------------------
 
 async def test_invoice_paid_for_a_cycle_moves_the_period_and_restarts_the_quota(

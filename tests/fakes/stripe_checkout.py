@@ -24,7 +24,8 @@ def _bool(value: object) -> bool:
 
 def _missing_customer(fake: FakeStripe, customer: object) -> Response | None:
     if customer and fake.get("customer", str(customer)) is None:
-        return stripe_error(400, f"No such customer: '{customer}'", code="resource_missing")
+        return stripe_error(400, f"No such customer: '{customer}'", code="resource_missing",
+                            param="customer")
     return None
 
 
@@ -62,9 +63,21 @@ def routes(fake: FakeStripe) -> list[Route]:
             "client_reference_id": form.get("client_reference_id"),
             "amount_total": amount_total or None, "currency": "usd",
             "subscription": None, "payment_intent": None, "created": fake.now(),
+            "expires_at": int(form.get("expires_at") or fake.now() + 86_400),
             "livemode": False})
         if idem:
             replays[idem] = session_id
+        return JSONResponse(session)
+
+    async def expire_checkout_session(request: Request) -> Response:
+        session = fake.get("checkout.session", request.path_params["id"])
+        if session is None:
+            return stripe_error(404, f"No such checkout.session: "
+                                f"'{request.path_params['id']}'", code="resource_missing")
+        if session["status"] != "open":
+            return stripe_error(400, "Only Checkout Sessions with a status of `open` can be "
+                                "expired.", code="checkout_session_not_open")
+        session["status"] = "expired"
         return JSONResponse(session)
 
     async def create_portal_session(request: Request) -> Response:
@@ -117,6 +130,8 @@ def routes(fake: FakeStripe) -> list[Route]:
 
     return [
         Route("/v1/checkout/sessions", create_checkout_session, methods=["POST"]),
+        Route("/v1/checkout/sessions/{id}/expire", expire_checkout_session,
+              methods=["POST"]),
         Route("/v1/billing_portal/sessions", create_portal_session, methods=["POST"]),
         Route("/v1/subscriptions/{id}", update_subscription, methods=["POST"]),
         Route("/v1/invoices", list_invoices, methods=["GET"]),

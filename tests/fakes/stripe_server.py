@@ -61,10 +61,13 @@ def parse_form(body: bytes) -> dict[str, Any]:
 
 
 def stripe_error(status: int, message: str, code: str | None = None,
-                 type_: str = "invalid_request_error") -> JSONResponse:
+                 type_: str = "invalid_request_error", param: str | None = None
+                 ) -> JSONResponse:
     error: dict[str, Any] = {"type": type_, "message": message}
     if code:
         error["code"] = code
+    if param:
+        error["param"] = param
     return JSONResponse({"error": error}, status_code=status)
 
 

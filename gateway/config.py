@@ -55,6 +55,8 @@ class Settings:
     smtp_url: str | None = None
     alert_from: str = "gateway@localhost"
     alert_interval_s: float = 30.0              # <= 0: no checker task
+    # Allow customers' alert webhooks on loopback/private addresses (inside the network).
+    alert_allow_private: bool = False
     # Stripe usage reporting (gateway/billing/reporter.py): seconds between rounds.
     report_interval_s: float = 60.0             # <= 0: no reporter task
     # Usage younger than this is not reported yet: reserves settle when responses end.
@@ -82,6 +84,8 @@ class Settings:
             "smtp_url": env.get("GATEWAY_SMTP_URL") or None,
             "alert_from": env.get("GATEWAY_ALERT_FROM") or "gateway@localhost",
             "alert_interval_s": _number(env, "GATEWAY_ALERT_INTERVAL_S", 30),
+            "alert_allow_private": env.get("GATEWAY_ALERT_ALLOW_PRIVATE", "0").lower()
+            in ("1", "true", "yes"),
             "report_interval_s": _number(env, "GATEWAY_REPORT_INTERVAL_S", 60),
             "report_hold_s": _number(env, "GATEWAY_REPORT_HOLD_S", 600),
             "usage_retention_days": _number(env, "GATEWAY_USAGE_RETENTION_DAYS", 35),

@@ -8,7 +8,8 @@ through the configured SMTP server (`GATEWAY_SMTP_URL`).
 
 Exactly once, across restarts and replicas — markers in Redis, under the account's hash tag:
 
-- `gw:{tag}:alert:<period>:<threshold>` is the threshold's marker. A checker first claims
+- `gw:{tag}:alert:<period>:<cap>:<threshold>` is the threshold's marker (a cap raised or
+  lowered in the period re-arms both thresholds against the new cap). A checker first claims
   it with `SET … NX PX <lease>` (value: a random token). Only the claimer delivers, so two
   replicas never send the same alert concurrently. After every channel has delivered, the
   marker is overwritten with "sent" and a long TTL; if any channel failed, the claimer
@@ -21,12 +22,21 @@ recording it resends once the lease expires (at-least-once in that narrow window
 alternative (mark-then-send) would lose the alert on such a crash. Webhooks carry
 `X-Gateway-Alert-Id: <scope>:<id>:<period>:<threshold>` so a receiver can drop that rare
 duplicate. The period id is part of every key, so a new period re-arms both thresholds.
+
+Webhook targets are customers' URLs, fetched from inside the operator's network: unless
+`GATEWAY_ALERT_ALLOW_PRIVATE` is set, a target whose host is (or resolves to) a loopback,
+private, link-local or otherwise non-public address is refused, when it is set and again
+before every delivery.
+
+The same channels carry other notices to an account (`notify`: Stripe's
+trial_will_end), best effort and without markers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import secrets
 import smtplib
@@ -68,8 +78,54 @@ def account_of(member: str) -> Account | None:
     return None
 
 
-def marker_key(account: Account, period: str, threshold: int) -> str:
-    return account.key(f"alert:{period}:{threshold}")
+def marker_key(account: Account, period: str, cap_micro: int, threshold: int) -> str:
+    return account.key(f"alert:{period}:{cap_micro}:{threshold}")
+
+
+def public_address(text: str) -> bool:
+    """Whether an IP address may be the target of a customer's webhook."""
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def host_allowed(host: str) -> bool:
+    """A webhook host as written: no localhost, no non-public IP literal (names are
+    checked again when they resolve)."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return True  # a name
+    return public_address(host)
+
+
+async def resolves_publicly(host: str, port: int) -> bool:
+    """Every address the host resolves to is public (no DNS trick into the network)."""
+    if not host_allowed(host):
+        return False
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port)
+    except OSError:
+        return False
+    return bool(infos) and all(public_address(str(info[4][0])) for info in infos)
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something to tell an account by its alert channels."""
+
+    kind: str
+    notice_id: str
+    subject: str
+    text: str
+    payload: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +139,16 @@ class Alert:
     @property
     def alert_id(self) -> str:
         return f"{self.account.scope}:{self.account.id}:{self.period['id']}:{self.threshold}"
+
+    def notice(self) -> Notice:
+        p = self.payload()
+        return Notice(
+            "budget", self.alert_id,
+            f"Budget alert: {self.threshold}% of your monthly cap ({p['scope']} {p['id']}, "
+            f"{p['period']})",
+            f"Spend this period ({p['period_start']} to {p['period_end']}) is "
+            f"${p['spend_usd']}, {self.threshold}% or more of the ${p['cap_usd']} monthly "
+            f"cap for {p['scope']} {p['id']}.\n", p)
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -130,17 +196,12 @@ def send_email(target: SmtpTarget, message: EmailMessage, timeout_s: float) -> N
         smtp.send_message(message)
 
 
-def email_for(alert: Alert, sender: str, recipient: str) -> EmailMessage:
-    p = alert.payload()
+def email_for(notice: Notice, sender: str, recipient: str) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = recipient
-    msg["Subject"] = (f"Budget alert: {alert.threshold}% of your monthly cap "
-                      f"({p['scope']} {p['id']}, {p['period']})")
-    msg.set_content(
-        f"Spend this period ({p['period_start']} to {p['period_end']}) is "
-        f"${p['spend_usd']}, {alert.threshold}% or more of the ${p['cap_usd']} monthly "
-        f"cap for {p['scope']} {p['id']}.\n")
+    msg["Subject"] = notice.subject
+    msg.set_content(notice.text)
     return msg
 
 
@@ -198,11 +259,7 @@ class AlertChecker:
         if not config.get("cap_micro"):
             return []
         cap = int(config["cap_micro"])
-        channels: dict[str, str] = {}
-        if config.get("alert_webhook"):
-            channels["webhook"] = config["alert_webhook"]
-        if config.get("alert_email") and runtime.settings.smtp_url:
-            channels["email"] = config["alert_email"]
+        channels = self.channels(config)
         if cap <= 0 or not channels:
             return []  # nowhere to send: nothing is marked, a later target gets it
         now = runtime.clock_ms() if runtime.clock_ms else None
@@ -217,10 +274,24 @@ class AlertChecker:
                 sent.append(alert)
         return sent
 
+    def channels(self, config: dict[str, str]) -> dict[str, str]:
+        """An account's alert targets by channel (email only with an SMTP server)."""
+        channels: dict[str, str] = {}
+        if config.get("alert_webhook"):
+            channels["webhook"] = config["alert_webhook"]
+        if config.get("alert_email") and self.runtime.settings.smtp_url:
+            channels["email"] = config["alert_email"]
+        return channels
+
+    async def notify(self, notice: Notice, channels: dict[str, str]) -> list[str]:
+        """Send a notice by every channel once, best effort; the channels that took it."""
+        return [channel for channel, target in channels.items()
+                if await self._send(notice, channel, target)]
+
     async def _deliver_once(self, alert: Alert, channels: dict[str, str]) -> bool:
         store = self.runtime.store
         client = store.client
-        key = marker_key(alert.account, alert.period["id"], alert.threshold)
+        key = marker_key(alert.account, alert.period["id"], alert.cap_micro, alert.threshold)
         token = "claim:" + secrets.token_hex(8)
         claimed = await store.call(client.set(key, token, nx=True, px=LEASE_MS))
         if not claimed:
@@ -230,7 +301,7 @@ class AlertChecker:
             done_key = f"{key}:{channel}"
             if await store.read(partial(client.exists, done_key)):
                 continue
-            ok = await self._send(alert, channel, target)
+            ok = await self._send(alert.notice(), channel, target)
             label = (str(alert.threshold), channel)
             if ok:
                 self.runtime.metrics.budget_alerts_sent.labels(*label).inc()
@@ -248,27 +319,35 @@ class AlertChecker:
             await store.call(client.delete(key))
         return False
 
-    async def _send(self, alert: Alert, channel: str, target: str) -> bool:
+    async def _send(self, notice: Notice, channel: str, target: str) -> bool:
+        settings = self.runtime.settings
         try:
             if channel == "webhook":
+                parts = urlsplit(target)
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+                if not settings.alert_allow_private and not await resolves_publicly(
+                        parts.hostname or "", port):
+                    log.warning("%s notice %s not sent: webhook host %s is not a public "
+                                "address", notice.kind, notice.notice_id, parts.hostname)
+                    return False
                 r = await self._client().post(
-                    target, content=orjson.dumps(alert.payload()),
+                    target, content=orjson.dumps(notice.payload),
                     headers={"content-type": "application/json",
                              "user-agent": "metering-gateway-alerts",
-                             "x-gateway-alert-id": alert.alert_id})
+                             "x-gateway-alert-id": notice.notice_id})
                 if 200 <= r.status_code < 300:
                     return True
-                log.warning("budget alert webhook %s answered %d", alert.alert_id,
-                            r.status_code)
+                log.warning("%s notice %s: webhook answered %d", notice.kind,
+                            notice.notice_id, r.status_code)
                 return False
-            settings = self.runtime.settings
             assert settings.smtp_url is not None
             smtp = parse_smtp_url(settings.smtp_url)
-            message = email_for(alert, settings.alert_from, target)
+            message = email_for(notice, settings.alert_from, target)
             await asyncio.to_thread(send_email, smtp, message, DELIVERY_TIMEOUT_S)
             return True
         except Exception as exc:  # network, SMTP, bad URL: all retried next round
-            log.warning("budget alert %s by %s failed: %s", alert.alert_id, channel, exc)
+            log.warning("%s notice %s by %s failed: %s", notice.kind, notice.notice_id,
+                        channel, exc)
             return False
 
 

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.billing.alerts import BUDGET_ACCOUNTS, budget_member
+from gateway.billing.alerts import BUDGET_ACCOUNTS, budget_member, host_allowed
 from gateway.caller import Caller
 from gateway.errors import GatewayError
 from gateway.metering.accounts import Account
@@ -68,7 +68,9 @@ def valid_email(value: str) -> bool:
     return len(value) <= 254 and _EMAIL.fullmatch(value) is not None
 
 
-def valid_webhook(value: str) -> bool:
+def valid_webhook(value: str, allow_private: bool = False) -> bool:
+    """An http(s) URL; unless `allow_private`, not to localhost or a non-public address
+    (customers' URLs are fetched from inside the operator's network)."""
     if len(value) > 2048 or any(c.isspace() or ord(c) < 0x20 for c in value):
         return False
     try:
@@ -77,7 +79,9 @@ def valid_webhook(value: str) -> bool:
     except ValueError:
         return False
     del port
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        return False
+    return allow_private or host_allowed(parts.hostname)
 
 
 def spend_pct(spend_micro: int, cap_micro: int) -> float | None:
@@ -122,7 +126,8 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _parse(body: dict[str, Any]) -> tuple[int, bool, str | None, str | None]:
+def _parse(body: dict[str, Any], allow_private: bool
+           ) -> tuple[int, bool, str | None, str | None]:
     if "monthly_cap_usd" not in body:
         raise GatewayError("BAD_REQUEST", "monthly_cap_usd is required")
     try:
@@ -139,8 +144,9 @@ def _parse(body: dict[str, Any]) -> tuple[int, bool, str | None, str | None]:
     if email is not None and not (isinstance(email, str) and valid_email(email)):
         raise GatewayError("BAD_REQUEST", "alert_email must be an email address")
     hook = body.get("alert_webhook")
-    if hook is not None and not (isinstance(hook, str) and valid_webhook(hook)):
-        raise GatewayError("BAD_REQUEST", "alert_webhook must be an http(s) URL")
+    if hook is not None and not (isinstance(hook, str) and valid_webhook(hook, allow_private)):
+        raise GatewayError("BAD_REQUEST", "alert_webhook must be an http(s) URL of a public "
+                           "host")
     return cap, hard, email, hook
 
 
@@ -157,7 +163,7 @@ async def post_budget(request: Request) -> Response:
     body = await _body(request)
     scope = body.get("scope", request.query_params.get("scope"))
     account = _account(caller, scope)
-    cap, hard, email, hook = _parse(body)
+    cap, hard, email, hook = _parse(body, runtime.settings.alert_allow_private)
     store = runtime.store
     await runtime.ledger.set_budget(account, cap_micro=cap, hard_cap=hard)
     targets = {"alert_email": email, "alert_webhook": hook}

@@ -14,11 +14,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import stripe
 
+from gateway.billing.alerts import Notice
 from gateway.billing.customers import Customers
 from gateway.metering.accounts import Account, parse_scope
 from gateway.rules.model import Plan
@@ -31,7 +32,6 @@ MICRO_PER_CENT = 10_000
 QUOTA_REASONS = frozenset({"subscription_create", "subscription_cycle"})
 ENDED = frozenset({"canceled", "incomplete_expired"})
 LIVE = frozenset({"active", "trialing", "past_due"})
-NOTIFY_TIMEOUT_S = 3.0
 
 RECEIVED: Result = {"received": True}
 
@@ -355,22 +355,12 @@ async def on_charge_refunded(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
     return {"received": True, "clawed_back_micro_usd": delta}
 
 
-_notify_tasks: set[asyncio.Task[None]] = set()
-
-
-async def _post_alert(url: str, payload: dict[str, Any]) -> None:
-    try:
-        async with httpx.AsyncClient(timeout=NOTIFY_TIMEOUT_S,
-                                     follow_redirects=False) as client:
-            response = await client.post(url, json=payload)
-            response.raise_for_status()
-    except httpx.HTTPError as exc:
-        log.warning("trial_will_end notification to %s failed: %s", url, exc)
+_notify_tasks: set[asyncio.Task[list[str]]] = set()
 
 
 async def on_trial_will_end(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
-    """Tell the account its trial ends soon: a log line, a counter, and its
-    alert_webhook if it has one (best effort, in the background)."""
+    """Tell the account its trial ends soon: a log line, a counter, and its alert
+    channels (webhook, email) if it has any, best effort in the background."""
     account = await resolve_account(ctx, _id(obj.get("customer")), obj.get("metadata"))
     if account is None:
         ctx.problem("unknown_customer")
@@ -382,14 +372,23 @@ async def on_trial_will_end(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
         "kind": "trial_will_end", "scope": account.scope, "account": account.id,
         "subscription": obj.get("id"), "trial_end": trial_end})
     ctx.runtime.metrics.billing_notifications.labels("trial_will_end").inc()
-    url = (await ctx.runtime.ledger.config(account)).get("alert_webhook")
-    if url:
-        payload = {"kind": "trial_will_end", "scope": account.scope, "id": account.id,
-                   "subscription": obj.get("id"), "trial_end": trial_end}
-        task = asyncio.get_running_loop().create_task(_post_alert(url, payload))
-        _notify_tasks.add(task)
-        task.add_done_callback(_notify_tasks.discard)
-    return {"received": True, "notified": True}
+    checker = ctx.runtime.alert_checker
+    channels = checker.channels(await ctx.runtime.ledger.config(account))
+    if not channels:
+        return {"received": True, "notified": False,
+                "reason": "the account has no alert_webhook or alert_email"}
+    ends = (datetime.fromtimestamp(trial_end, tz=UTC).isoformat().replace("+00:00", "Z")
+            if isinstance(trial_end, int) else "soon")
+    notice = Notice(
+        "trial_will_end", f"{account.scope}:{account.id}:trial:{obj.get('id')}",
+        f"Your trial ends {ends}", f"The trial of {account.scope} {account.id} "
+        f"(subscription {obj.get('id')}) ends {ends}.\n",
+        {"kind": "trial_will_end", "scope": account.scope, "id": account.id,
+         "subscription": obj.get("id"), "trial_end": trial_end})
+    task = asyncio.get_running_loop().create_task(checker.notify(notice, channels))
+    _notify_tasks.add(task)
+    task.add_done_callback(_notify_tasks.discard)
+    return {"received": True, "notified": True, "channels": sorted(channels)}
 
 
 Handler = Callable[[Ctx, Mapping[str, Any]], Awaitable[Result]]

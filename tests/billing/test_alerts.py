@@ -11,7 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.billing.alerts import AlertChecker, marker_key, parse_smtp_url
+from gateway.billing.alerts import (
+    AlertChecker,
+    marker_key,
+    parse_smtp_url,
+    resolves_publicly,
+)
+from gateway.billing.budget import valid_webhook
 from gateway.metering.accounts import Account
 from tests.fakes.smtp_sink import SmtpSink
 from tests.gateway_harness import RunningGateway, client, running_gateway
@@ -121,7 +127,8 @@ async def gw(store_url: str | None, upstream: RecordingUpstream, smtp: SmtpSink
              ) -> AsyncIterator[RunningGateway]:
     async with running_gateway(RULES.format(upstream=upstream.url), store_url,
                                alert_interval_s=0, smtp_url=smtp.url,
-                               alert_from="billing@gw.test") as g:
+                               alert_from="billing@gw.test",
+                               alert_allow_private=True) as g:  # the hooks are on loopback
         clock = Clock(T_NOV)
         g.runtime.clock_ms = clock
         g.runtime.engine.clock_ms = clock
@@ -204,7 +211,7 @@ async def test_thresholds_fire_exactly_once_across_runs_and_restart(
     assert (sent(gw, "80", "webhook"), sent(gw, "80", "email"),
             sent(gw, "100", "webhook"), sent(gw, "100", "email")) == (1, 1, 1, 1)
     marker = await gw.runtime.store.client.get(marker_key(Account("user", "ann"), "2026-11",
-                                                          80))
+                                                          100, 80))
     assert marker == b"sent"
 
 
@@ -304,7 +311,8 @@ async def test_checker_task_runs_inside_the_gateway(
     store_url: str | None, upstream: RecordingUpstream, hooks: HookReceiver, smtp: SmtpSink
 ) -> None:
     async with running_gateway(RULES.format(upstream=upstream.url), store_url,
-                               alert_interval_s=0.05, smtp_url=smtp.url) as g:
+                               alert_interval_s=0.05, smtp_url=smtp.url,
+                               alert_allow_private=True) as g:
         secret = await setup_budget(g, hooks)
         await spend(g, secret, 4)
         loop = asyncio.get_running_loop()
@@ -323,3 +331,63 @@ def test_parse_smtp_url() -> None:
     assert (s.port, s.tls, s.user, s.password) == (465, True, "u@x", "p:w")
     with pytest.raises(ValueError):
         parse_smtp_url("http://mail.example.com")
+
+
+async def test_a_new_cap_rearms_its_thresholds(
+        gw: RunningGateway, hooks: HookReceiver, smtp: SmtpSink) -> None:
+    """Raised mid-period, the cap's 80 % and 100 % are new thresholds: they alert again."""
+    secret = await setup_budget(gw, hooks)
+    await spend(gw, secret, 5)                       # 100 % of $0.0001
+    assert [a.threshold for a in await gw.runtime.alert_checker.run_once()] == [80, 100]
+    async with client(gw.url) as c:
+        r = await c.post("/billing/budget", headers={"X-Api-Key": secret}, json={
+            "monthly_cap_usd": "0.00012", "alert_webhook": hooks.url})
+        assert r.status_code == 200, r.text
+    # 100 µ$ spent of a 120 µ$ cap: 83 %.
+    assert [a.threshold for a in await gw.runtime.alert_checker.run_once()] == [80]
+    assert await gw.runtime.alert_checker.run_once() == []
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8080/hook", "http://localhost/hook", "http://[::1]/hook",
+    "http://10.0.0.5/hook", "http://169.254.169.254/latest/meta-data",
+    "http://[::ffff:127.0.0.1]/hook", "http://user@evil.example/hook"])
+def test_alert_webhooks_must_be_public(url: str) -> None:
+    assert not valid_webhook(url)
+    assert valid_webhook("https://hooks.example.com/budget")
+    assert valid_webhook(url, allow_private=True) == ("@" not in url)
+
+
+async def test_names_resolving_inside_the_network_are_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    answer = "10.1.2.3"
+
+    async def getaddrinfo(host: str, port: int, *args: Any, **kw: Any) -> list[Any]:
+        return [(2, 1, 6, "", (answer, port))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    assert not await resolves_publicly("hooks.example.com", 443)
+    answer = "93.184.215.14"
+    assert await resolves_publicly("hooks.example.com", 443)
+    assert not await resolves_publicly("127.0.0.1", 443)
+
+
+async def test_a_webhook_that_does_not_resolve_publicly_is_not_posted(
+        store_url: str | None, upstream: RecordingUpstream, hooks: HookReceiver) -> None:
+    async with running_gateway(RULES.format(upstream=upstream.url), store_url,
+                               alert_interval_s=0) as g:
+        rt = g.runtime
+        _, secret = await rt.registry.create(user="ann", role="billing")
+        async with client(g.url) as c:
+            refused = await c.post("/billing/budget", headers={"X-Api-Key": secret}, json={
+                "monthly_cap_usd": "0.0001", "alert_webhook": hooks.url})
+            assert refused.status_code == 400 and "public" in refused.json()["detail"]
+            ok = await c.post("/billing/budget", headers={"X-Api-Key": secret}, json={
+                "monthly_cap_usd": "0.0001",
+                "alert_webhook": hooks.url.replace("127.0.0.1", "hooks.invalid")})
+            assert ok.status_code == 200, ok.text
+        await spend(g, secret, 4)
+        assert await rt.alert_checker.run_once() == []
+        assert hooks.posts == []
+        assert failed(g, "80", "webhook") == 1

@@ -45,7 +45,7 @@ async def upstream() -> AsyncIterator[RecordingUpstream]:
 @pytest.fixture
 async def gw(store_url: str | None, upstream: RecordingUpstream) -> AsyncIterator[RunningGateway]:
     async with running_gateway(RULES.format(upstream=upstream.url), store_url,
-                               alert_interval_s=0) as g:
+                               alert_interval_s=0, alert_allow_private=True) as g:
         g.runtime.clock_ms = lambda: T_NOV
         g.runtime.engine.clock_ms = lambda: T_NOV
         yield g

@@ -73,7 +73,8 @@ async def upstream() -> AsyncIterator[RecordingUpstream]:
 async def gw(store_url: str | None, fake: FakeStripe, upstream: RecordingUpstream
              ) -> AsyncIterator[RunningGateway]:
     async with running_gateway(RULES.format(upstream=upstream.url), store_url,
-                               alert_interval_s=0, **stripe_settings(fake)) as g:
+                               alert_interval_s=0, alert_allow_private=True,
+                               **stripe_settings(fake)) as g:
         await Customers(g.runtime.store, g.runtime.stripe).link(ANN, CUS)
         yield g
 
@@ -532,7 +533,7 @@ async def test_trial_will_end_notifies(gw: RunningGateway, fake: FakeStripe,
     r = await deliver(gw, event("customer.subscription.trial_will_end",
                                 {**sub, "trial_end": now_s() + 3 * DAY}))
     assert r.status_code == 200, r.text
-    assert r.json() == {"received": True, "notified": True}
+    assert r.json() == {"received": True, "notified": True, "channels": ["webhook"]}
     assert sample(gw, "gateway_billing_notifications_total",
                   {"kind": "trial_will_end"}) == 1
     deadline = time.monotonic() + 5

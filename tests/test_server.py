@@ -206,8 +206,13 @@ def test_store_commands_against_redis(redis_server: RedisServer, rules_file: Pat
     assert bad.returncode == 1 and "gold" in bad.stderr
     grant = run("credits", "grant", "--scope", "user", "--id", "zed", "--usd", "2.50")
     assert grant.returncode == 0 and "$2.500000" in grant.stdout
-    bad_usd = run("credits", "grant", "--scope", "user", "--id", "zed", "--usd", "1e-9")
-    assert bad_usd.returncode == 1 and "Traceback" not in bad_usd.stderr
+    for usd in ("1e-9", "1e999999999", "-5"):
+        bad_usd = run("credits", "grant", "--scope", "user", "--id", "zed", "--usd", usd)
+        assert bad_usd.returncode == 1 and bad_usd.stderr.startswith("error: "), usd
+        assert "Traceback" not in bad_usd.stderr and "decimal" not in bad_usd.stderr
+    for bad_name in ("", "a}b{c"):  # ids the admin API refuses are refused here too
+        bad_id = run("credits", "grant", "--scope", "user", "--id", bad_name, "--usd", "1")
+        assert bad_id.returncode == 1 and "invalid user id" in bad_id.stderr
     usage = run("usage", "--scope", "workspace", "--id", "acme", "--json", "--rules",
                 str(rules_file))
     assert orjson.loads(usage.stdout)["plan"] == "free"

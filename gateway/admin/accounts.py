@@ -18,6 +18,7 @@ from starlette.routing import Route
 from gateway.admin.auth import require_admin
 from gateway.errors import GatewayError
 from gateway.identity.registry import valid_name
+from gateway.jsonbody import json_object
 from gateway.metering.accounts import Account, parse_scope
 from gateway.money import micro_to_usd, usd_to_micro
 from gateway.runtime import Runtime
@@ -39,16 +40,7 @@ def _account(request: Request) -> Account:
 
 
 async def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise GatewayError("BAD_REQUEST", "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise GatewayError("BAD_REQUEST", "the body must be a JSON object")
-    unknown = set(body) - allowed
-    if unknown:
-        raise GatewayError("BAD_REQUEST", f"unknown fields: {', '.join(sorted(unknown))}")
-    return body
+    return await json_object(request, allowed, exact_numbers=True)
 
 
 def _runtime(request: Request) -> Runtime:

@@ -24,10 +24,10 @@ from starlette.routing import Route
 from gateway.admin.auth import require_admin
 from gateway.errors import GatewayError, problem_response
 from gateway.identity.registry import KeyRegistry
+from gateway.jsonbody import json_object
 
 Handler = Callable[[Request], Awaitable[Response]]
 
-MAX_BODY = 16 * 1024  # a key request is a few fields
 # field -> accepted JSON types (bool is not an int here; see _check_types)
 _CREATE_FIELDS: dict[str, tuple[type, ...]] = {
     "user": (str,),
@@ -104,20 +104,7 @@ async def revoke_key(request: Request) -> Response:
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY:
-            raise GatewayError("PAYLOAD_TOO_LARGE", f"body over {MAX_BODY} bytes")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise GatewayError("BAD_REQUEST", "body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise GatewayError("BAD_REQUEST", "body must be a JSON object")
-    unknown = sorted(set(body) - set(_CREATE_FIELDS))
-    if unknown:
-        raise GatewayError("BAD_REQUEST", f"unknown field(s): {', '.join(unknown)}")
+    body = await json_object(request, _CREATE_FIELDS)
     if "user" not in body:
         raise GatewayError("BAD_REQUEST", "user is required")
     for name, value in body.items():

@@ -29,6 +29,7 @@ from starlette.routing import Route
 from gateway.billing.alerts import BUDGET_ACCOUNTS, budget_member, host_allowed
 from gateway.caller import Caller
 from gateway.errors import GatewayError
+from gateway.jsonbody import json_object
 from gateway.metering.accounts import Account
 from gateway.metering.ledger import MAX_GRANT_MICRO
 from gateway.money import micro_to_usd, usd_to_micro
@@ -114,16 +115,7 @@ async def budget_view(runtime: Runtime, account: Account) -> dict[str, Any]:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise GatewayError("BAD_REQUEST", "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise GatewayError("BAD_REQUEST", "the body must be a JSON object")
-    unknown = set(body) - _FIELDS
-    if unknown:
-        raise GatewayError("BAD_REQUEST", f"unknown fields: {', '.join(sorted(unknown))}")
-    return body
+    return await json_object(request, _FIELDS, exact_numbers=True)
 
 
 def _parse(body: dict[str, Any], allow_private: bool

@@ -14,7 +14,6 @@ strict JSON bodies. Test keys (`gw_test_…`) never reach Stripe.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,10 +27,9 @@ from gateway.billing import routes as billing_routes
 from gateway.billing.stripe_client import require_stripe
 from gateway.caller import Caller
 from gateway.errors import GatewayError
+from gateway.jsonbody import json_object
 from gateway.metering.accounts import Account
 from gateway.runtime import Runtime
-
-MAX_BODY = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,23 +88,11 @@ async def json_body(request: Request, kinds: Kinds,
 
     An empty body is `{}`. Decimals are parsed exactly, so money never becomes a float.
     """
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise GatewayError("BAD_REQUEST", f"the body is larger than {MAX_BODY} bytes")
-    try:
-        body = json.loads(raw, parse_float=Decimal) if raw.strip() else {}
-    except (ValueError, RecursionError):
-        raise GatewayError("BAD_REQUEST", "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise GatewayError("BAD_REQUEST", "the body must be a JSON object")
-    unknown = set(body) - set(kinds)
-    if unknown:
-        raise GatewayError("BAD_REQUEST", f"unknown field(s): {', '.join(sorted(unknown))} "
-                           f"(allowed: {', '.join(sorted(kinds))})")
+    body = await json_object(request, kinds, exact_numbers=True, empty_ok=True)
     for name, value in body.items():
         if isinstance(value, bool) or not isinstance(value, kinds[name]):
-            raise GatewayError("BAD_REQUEST", f"{name} must be "
-                               + (" or ".join(_KIND_NAMES[k] for k in kinds[name])))
+            names = dict.fromkeys(_KIND_NAMES[k] for k in kinds[name])  # once each, in order
+            raise GatewayError("BAD_REQUEST", f"{name} must be " + " or ".join(names))
     missing = [name for name in required if name not in body]
     if missing:
         raise GatewayError("BAD_REQUEST", f"missing field(s): {', '.join(missing)}")

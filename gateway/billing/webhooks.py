@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from gateway.billing import events
 from gateway.errors import GatewayError
+from gateway.jsonbody import read_body
 from gateway.runtime import Runtime
 from gateway.store import Store
 
@@ -71,9 +72,7 @@ async def receive(request: Request) -> JSONResponse:
     if not secret or client is None:
         raise GatewayError("BILLING_DISABLED", "Stripe webhooks are not configured on this "
                            "gateway (STRIPE_WEBHOOK_SECRET and STRIPE_API_KEY)")
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise GatewayError("PAYLOAD_TOO_LARGE", "a Stripe event is never this large")
+    body = await read_body(request, MAX_BODY)  # a Stripe event is never this large
     event = verify(body, request.headers.get("stripe-signature"), secret)
     event_id, event_type = event["id"], event["type"]
     metrics = runtime.metrics.billing_webhooks

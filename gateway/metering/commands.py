@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, TextIO
 import orjson
 
 from gateway.errors import GatewayError
+from gateway.identity.registry import valid_name
 from gateway.metering.accounts import Account, parse_scope
 from gateway.metering.ledger import Ledger
 from gateway.metering.plans import PlanTables
@@ -23,6 +24,9 @@ def _ledger(store: Store) -> Ledger:
 
 
 def _account(scope: str, account_id: str) -> Account:
+    """The account named on the command line, checked as the admin API checks it."""
+    if not valid_name(account_id):
+        raise ValueError(f"invalid {scope} id {account_id!r} (1-128 of A-Z a-z 0-9 . _ : @ -)")
     return Account(parse_scope(scope), account_id)
 
 

@@ -349,6 +349,7 @@ async def test_topup_by_amount_is_exact(gw_one: RunningGateway, fake: FakeStripe
     b'{"amount_usd": 0}', b'{"amount_usd": -5}', b'{"amount_usd": 12.345}',
     b'{"amount_usd": "ten"}', b'{"amount_usd": 1e400}', b'{"amount_usd": true}',
     b'{"tier": "small", "amount_usd": 5}', b"{}", b'{"tier": "huge"}', b'{"tier": 5}',
+    b'{"amount_usd": "1_000"}', b'{"amount_usd": " 5"}', b'{"amount_usd": "1e3"}',
 ])
 async def test_topup_refuses_amounts_out_of_range_or_ambiguous(
         gw_one: RunningGateway, fake: FakeStripe, content: bytes) -> None:

@@ -330,6 +330,22 @@ async def test_admin_subscriptions_credits_and_account_api(gw: RunningGateway) -
     assert nobody.status_code == 401
 
 
+async def test_admin_account_api_refuses_bad_input_with_problems(gw: RunningGateway) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(base_url=gw.admin_url, headers=auth) as a:
+        huge = await a.post("/admin/accounts/user/ann/credits", json={"usd": "1e999999999"})
+        number = await a.post("/admin/accounts/user/ann/credits",
+                              content=b'{"usd": 1e999999999}')
+        big = await a.post("/admin/accounts/user/ann/credits",
+                           content=b'{"usd": "' + b"9" * 5_000_000 + b'"}')
+        bad_id = await a.get("/admin/accounts/user/a}b{c")
+    assert (huge.status_code, huge.json()["code"]) == (400, "BAD_REQUEST")
+    assert (number.status_code, number.json()["code"]) == (400, "BAD_REQUEST")
+    assert (big.status_code, big.json()["code"]) == (413, "PAYLOAD_TOO_LARGE")
+    assert (bad_id.status_code, bad_id.json()["code"]) == (400, "BAD_REQUEST")
+    assert await gw.runtime.store.client.get(Account("user", "ann").credits_key) is None
+
+
 async def test_conservation_over_http(gw: RunningGateway, store_url: str | None) -> None:
     """Units charged (stream) = units counted = units /usage/me shows, over a mixed run."""
     key = await gw.new_key(user="pat")

@@ -68,11 +68,13 @@ def account_of(caller: Caller, scope: object) -> Account:
     raise GatewayError("BAD_REQUEST", f"scope must be user or workspace, not {scope!r}")
 
 
-def query_account(request: Request, caller: Caller) -> Account:
-    unknown = set(request.query_params) - {"scope"}
+def query_account(request: Request, caller: Caller,
+                  allowed: Collection[str] = ("scope",)) -> Account:
+    unknown = set(request.query_params) - set(allowed)
     if unknown:
         raise GatewayError("BAD_REQUEST", f"unknown query parameter(s): "
-                           f"{', '.join(sorted(unknown))} (allowed: scope)")
+                           f"{', '.join(sorted(unknown))} (allowed: "
+                           f"{', '.join(sorted(allowed))})")
     return account_of(caller, request.query_params.get("scope"))
 
 

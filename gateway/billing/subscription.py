@@ -20,7 +20,8 @@ ENDED = frozenset({"canceled", "incomplete_expired"})
 SHOWN = {"active": "active", "trialing": "trial", "canceled": "cancelled",
          "incomplete_expired": "cancelled", "past_due": "past_due", "unpaid": "unpaid",
          "incomplete": "unpaid", "paused": "unpaid"}
-INVOICE_PAGE = 100
+INVOICE_PAGE = 100     # Stripe's largest page
+INVOICE_DEFAULT = 20
 
 
 def shown_status(status: str, cancel_at_period_end: bool) -> str:
@@ -108,24 +109,53 @@ async def cancel_subscription(request: Request) -> JSONResponse:
     return JSONResponse(doc)
 
 
+def _cents_usd(cents: object) -> str | None:
+    """Stripe's integer minor units as an exact amount: 1234 → "12.34"."""
+    if not isinstance(cents, int) or isinstance(cents, bool):
+        return None
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
+
+
+def _page_params(request: Request) -> tuple[int, str | None]:
+    """?limit=1..100 (default 20) and ?starting_after=<invoice id> (the last one seen)."""
+    raw = request.query_params.get("limit", str(INVOICE_DEFAULT))
+    if not raw.isdigit() or not 1 <= int(raw) <= INVOICE_PAGE:
+        raise GatewayError("BAD_REQUEST", f"limit must be 1 to {INVOICE_PAGE}")
+    after = request.query_params.get("starting_after") or None
+    if after is not None and not (after.startswith("in_") and len(after) <= 255
+                                  and after.isprintable()):
+        raise GatewayError("BAD_REQUEST", "starting_after must be an invoice id (in_…)")
+    return int(raw), after
+
+
 async def list_invoices(request: Request) -> JSONResponse:
+    """The account's invoices, newest first, a page at a time (`next` names the
+    `starting_after` of the next page)."""
     ctx = context(request, write=False)
-    account = query_account(request, ctx.caller)
+    account = query_account(request, ctx.caller, ("scope", "limit", "starting_after"))
+    limit, after = _page_params(request)
     if ctx.caller.test:
         # Test keys never reach Stripe; they have no invoices of their own.
-        return JSONResponse({"invoices": [], "test": True})
+        return JSONResponse({"invoices": [], "has_more": False, "next": None, "test": True})
     customer = await Customers(ctx.runtime.store, ctx.stripe).find(account)
     if customer is None:
-        return JSONResponse({"invoices": []})
+        return JSONResponse({"invoices": [], "has_more": False, "next": None})
+    params: dict[str, Any] = {"customer": customer, "limit": limit}
+    if after:
+        params["starting_after"] = after
     with stripe_errors():
-        page = await ctx.stripe.v1.invoices.list_async(
-            params={"customer": customer, "limit": INVOICE_PAGE})
+        page = await ctx.stripe.v1.invoices.list_async(params=params)  # type: ignore[arg-type]
     invoices = []
     for inv in page.data:
         d = inv.to_dict()
         invoices.append({
             "id": d.get("id"), "number": d.get("number"), "status": d.get("status"),
             "amount_due": d.get("amount_due"), "amount_paid": d.get("amount_paid"),
+            "amount_due_usd": _cents_usd(d.get("amount_due")),
+            "amount_paid_usd": _cents_usd(d.get("amount_paid")),
             "currency": d.get("currency"), "hosted_invoice_url": d.get("hosted_invoice_url"),
             "invoice_pdf": d.get("invoice_pdf"), "created": _iso_s(d.get("created"))})
-    return JSONResponse({"invoices": invoices, "has_more": bool(page.has_more)})
+    more = bool(page.has_more)
+    return JSONResponse({"invoices": invoices, "has_more": more,
+                         "next": invoices[-1]["id"] if more and invoices else None})

@@ -266,7 +266,7 @@ async def test_test_keys_never_reach_stripe(
     r = await call(gw, method, path, test_key, json=body)
     assert "test keys" in problem(r, 403, "FORBIDDEN")["detail"]
     r = await call(gw, "GET", "/billing/invoices", test_key)
-    assert r.json() == {"invoices": [], "test": True}
+    assert r.json() == {"invoices": [], "has_more": False, "next": None, "test": True}
     assert fake.requests == []
 
 
@@ -276,7 +276,7 @@ async def test_members_may_read(gw: RunningGateway, fake: FakeStripe) -> None:
     r = await call(gw, "GET", "/billing/subscription", member)
     assert (r.status_code, r.json()["plan"]) == (200, "starter")
     r = await call(gw, "GET", "/billing/invoices", member)
-    assert (r.status_code, r.json()) == (200, {"invoices": []})
+    assert (r.status_code, r.json()) == (200, {"invoices": [], "has_more": False, "next": None})
     assert fake.requests == []  # no customer yet: nothing to ask Stripe
 
 
@@ -504,18 +504,30 @@ async def test_invoices_of_the_accounts_customer(gw: RunningGateway, fake: FakeS
                          "status": "paid", "created": 1_769_904_000})
     r = await call(gw, "GET", "/billing/invoices", await key(gw, role="member"))
     assert r.status_code == 200, r.text
-    assert r.json() == {"has_more": False, "invoices": [
+    assert r.json() == {"has_more": False, "next": None, "invoices": [
         {"id": "in_1", "number": "ANN-0001", "status": "open", "amount_due": 900,
-         "amount_paid": 0, "currency": "usd",
+         "amount_paid": 0, "amount_due_usd": "9.00", "amount_paid_usd": "0.00",
+         "currency": "usd",
          "hosted_invoice_url": "https://invoice.stripe.test/i/1",
          "invoice_pdf": "https://invoice.stripe.test/i/1/pdf",
          "created": "2026-02-01T00:00:00Z"},
         {"id": "in_0", "number": "ANN-0000", "status": "paid", "amount_due": 900,
-         "amount_paid": 900, "currency": "usd",
+         "amount_paid": 900, "amount_due_usd": "9.00", "amount_paid_usd": "9.00",
+         "currency": "usd",
          "hosted_invoice_url": "https://invoice.stripe.test/i/0",
          "invoice_pdf": "https://invoice.stripe.test/i/0/pdf",
          "created": "2026-01-01T00:00:00Z"}]}
-    assert fake.calls("GET", "/v1/invoices")[-1] == {"customer": customer, "limit": "100"}
+    assert fake.calls("GET", "/v1/invoices")[-1] == {"customer": customer, "limit": "20"}
+    # A page at a time.
+    h = await key(gw, role="member")
+    first = (await call(gw, "GET", "/billing/invoices?limit=1", h)).json()
+    assert ([i["id"] for i in first["invoices"]], first["has_more"], first["next"]) == (
+        ["in_1"], True, "in_1")
+    rest = (await call(gw, "GET", "/billing/invoices?limit=1&starting_after=in_1", h)).json()
+    assert ([i["id"] for i in rest["invoices"]], rest["has_more"], rest["next"]) == (
+        ["in_0"], False, None)
+    for query in ("limit=0", "limit=101", "limit=x", "starting_after=cus_1", "page=2"):
+        problem(await call(gw, "GET", f"/billing/invoices?{query}", h), 400, "BAD_REQUEST")
 
 
 # --- failures ---------------------------------------------------------------------------

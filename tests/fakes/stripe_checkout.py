@@ -124,6 +124,12 @@ def routes(fake: FakeStripe) -> list[Route]:
                     if (not form.get("customer") or i.get("customer") == form["customer"])
                     and (not form.get("status") or i.get("status") == form["status"])]
         invoices.sort(key=lambda i: (i.get("created", 0), i["id"]), reverse=True)
+        if form.get("starting_after"):
+            ids = [i["id"] for i in invoices]
+            if form["starting_after"] not in ids:
+                return stripe_error(400, f"No such invoice: '{form['starting_after']}'",
+                                    code="resource_missing", param="starting_after")
+            invoices = invoices[ids.index(form["starting_after"]) + 1:]
         limit = int(form.get("limit", 10))
         return JSONResponse({"object": "list", "url": "/v1/invoices",
                              "data": invoices[:limit], "has_more": len(invoices) > limit})

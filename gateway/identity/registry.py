@@ -33,6 +33,9 @@ INDEX = "gw:keys"
 
 _NAME = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 _KEY_ID = re.compile(r"key_[0-9a-f]{16}")
+# A key's own throughput limit: units per window, as the rules' windows allow.
+MAX_KEY_LIMIT = 2**53 - 1
+MAX_KEY_WINDOW_S = 366 * 86_400
 
 
 def valid_name(value: object) -> bool:
@@ -148,9 +151,10 @@ def _validate(
         raise GatewayError("BAD_REQUEST", "test must be true or false")
     if (limit is None) != (window_s is None):
         raise GatewayError("BAD_REQUEST", "limit and window_s go together: give both or neither")
-    for name, value in (("limit", limit), ("window_s", window_s)):
-        if value is not None and (type(value) is not int or value <= 0):
-            raise GatewayError("BAD_REQUEST", f"{name} must be a positive integer")
+    for name, value, most in (("limit", limit, MAX_KEY_LIMIT),
+                              ("window_s", window_s, MAX_KEY_WINDOW_S)):
+        if value is not None and (type(value) is not int or not 0 < value <= most):
+            raise GatewayError("BAD_REQUEST", f"{name} must be an integer from 1 to {most}")
 
 
 def _encode(key: ApiKey) -> dict[str, str]:

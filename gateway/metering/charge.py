@@ -98,12 +98,15 @@ class Charge:
             if actual == self.units and not model:
                 return
             meter = self.weight.meter.name
-            delta = await self.engine.settle(
+            settled = await self.engine.settle(
                 self.rules, self.tables, d, self.caller, actual=actual, kind=kind,
                 route=self.route, request_id=self.request_id, model=model, meter=meter)
             self.metrics.settlements.labels(kind, meter).inc()
-            if delta < 0:
-                self.metrics.refunded_units.labels(meter).inc(-delta)
+            if settled.delta < 0:
+                self.metrics.refunded_units.labels(meter).inc(-settled.delta)
+            for pool, n in settled.pools.items():
+                if n > 0:  # units charged beyond the reserve count where they were paid
+                    self.metrics.units.labels(meter, pool).inc(n)
         except Exception:
             # The debit stands (the reserve is charged): money is never lost, at worst
             # a refund is. Logged with the request id for reconciliation.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.caller import Caller
@@ -32,6 +33,14 @@ if TYPE_CHECKING:
     from gateway.rules import Rules
 
 NO_PLAN_TTL_S = 5.0   # a workspace that gets a plan is charged first within this
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What a settlement moved: units in all, and units per pool (negative: given back)."""
+
+    delta: int
+    pools: dict[str, int]
 
 
 class MeteringEngine:
@@ -158,11 +167,11 @@ class MeteringEngine:
         request_id: str,
         model: str = "",
         meter: str,
-    ) -> int:
-        """Move a charged debit to `actual` units (0 = refund). Returns the delta."""
+    ) -> Settled:
+        """Move a charged debit to `actual` units (0 = refund)."""
         leg = decision.leg
         if leg is None or not decision.charged:
-            return 0
+            return Settled(0, {})
         account = leg.account
         # A replayed debit counted in no window (its time had passed).
         counted = kind != "replay"
@@ -183,7 +192,13 @@ class MeteringEngine:
             int(caller.test), leg.period, leg.plan, leg.now_ms, self.usage_retention_ms,
             windows, key_windows, f"k:{caller.key_id}:", BUCKETS,
         ])
-        return int(reply[0])
+        # The reply holds the debit's pools after settlement: {delta, q, c, cm, o, om, g}.
+        before = {"quota": leg.quota_units, "credits": leg.credit_units,
+                  "overage": leg.overage_units, "grace": leg.grace_units}
+        after = {"quota": int(reply[1]), "credits": int(reply[2]),
+                 "overage": int(reply[4]), "grace": int(reply[6])}
+        return Settled(int(reply[0]), {pool: after[pool] - before[pool] for pool in before
+                                       if after[pool] != before[pool]})
 
 
 def _own_key_windows(caller: Caller) -> str:

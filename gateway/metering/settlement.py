@@ -17,8 +17,12 @@ from typing import Any
 import orjson
 
 from gateway.proxy.headers import RawHeaders
+from gateway.rules.model import MAX_UNITS
 
 MAX_JSON_BYTES = 8 << 20
+# A reported amount beyond what one request may cost (the rules' limit for units) is not
+# believed: the reserve stands.
+MAX_REPORTED = MAX_UNITS
 
 
 def dig(doc: Any, path: tuple[str, ...]) -> Any:
@@ -34,17 +38,18 @@ def dig(doc: Any, path: tuple[str, ...]) -> Any:
 
 
 def _units(value: Any) -> int | None:
+    found: int | None = None
     if isinstance(value, bool):
         return None
     if isinstance(value, int) and value >= 0:
-        return value
-    if isinstance(value, float) and value >= 0 and value.is_integer():
-        return int(value)
-    if isinstance(value, (str, bytes)):
+        found = value
+    elif isinstance(value, float) and value >= 0 and value.is_integer():
+        found = int(value)
+    elif isinstance(value, (str, bytes)):
         text = value.decode("latin-1") if isinstance(value, bytes) else value
         text = text.strip()
-        return int(text) if text.isdigit() else None
-    return None
+        found = int(text) if text.isascii() and text.isdigit() and len(text) <= 12 else None
+    return found if found is not None and found <= MAX_REPORTED else None
 
 
 class UsageObserver:

@@ -110,16 +110,18 @@ def refuse(legs: list[Leg], upgrade_url: str | None, top_up_url: str | None) -> 
         headers.update((k.decode(), v.decode()) for k, v in rate_limit_headers(leg))
         return GatewayError(
             "RATE_LIMITED",
-            f"{leg.account.scope} throughput limit of {leg.limit} units per "
+            f"{_whose(leg)} throughput limit of {leg.limit} units per "
             f"{leg.window_ms // 1000}s reached; retry in {retry_s}s",
             headers=headers, scope=_scope(leg), limit=leg.limit, remaining=leg.remaining,
             reset=max(0, math.ceil(leg.reset_ms / 1000)), retry_after=retry_s)
     if all(leg.code == "COST_EXCEEDS_LIMIT" for leg in legs):
         leg = legs[-1]
+        where = ("this API key's throughput limit" if _scope(leg) == "key" else
+                 f"any throughput window of the {leg.plan} plan")
         return GatewayError(
             "COST_EXCEEDS_LIMIT",
-            f"this request costs more units than any throughput window of the "
-            f"{leg.plan} plan can ever hold ({leg.limit} per {leg.window_ms // 1000}s)",
+            f"this request costs more units than {where} can ever hold "
+            f"({leg.limit} per {leg.window_ms // 1000}s)",
             status=413, scope=_scope(leg), limit=leg.limit, upgrade_url=upgrade_url)
     for code in MONEY_CODES:
         for leg in reversed(legs):  # the user's leg (the last resort) speaks first
@@ -130,11 +132,16 @@ def refuse(legs: list[Leg], upgrade_url: str | None, top_up_url: str | None) -> 
                          and leg.period_end_ms else None)
                 return GatewayError(
                     code, _money_detail(leg), scope=_scope(leg),
+                    limit=leg.quota_total if leg.quota_total >= 0 else None,
                     remaining=leg.quota_remaining, period=leg.period, reset=reset,
                     top_up_url=top_up_url if code != "SUBSCRIPTION_INACTIVE" else None,
                     upgrade_url=upgrade_url)
     leg = legs[-1]
     return GatewayError(leg.code or "QUOTA_EXHAUSTED", _money_detail(leg), scope=_scope(leg))
+
+
+def _whose(leg: Leg) -> str:
+    return "this API key's" if _scope(leg) == "key" else f"the {leg.account.scope}'s"
 
 
 def _scope(leg: Leg) -> str:

@@ -19,6 +19,9 @@ from gateway.rules.patterns import PathPattern
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PICO_PER_MICRO = 1_000_000
+# The most one request may cost, in units: below 2^32, units * price stays exact in the
+# Lua scripts' doubles (metering/lua/lib.lua, price_micro).
+MAX_UNITS = 2**32 - 1
 DEFAULT_API_KEY_HEADERS: tuple[str, ...] = ("x-api-key", "authorization")
 DEFAULT_TOPUP_TIERS: Mapping[str, Decimal] = MappingProxyType(
     {"small": Decimal(5), "medium": Decimal(25), "large": Decimal(100)})

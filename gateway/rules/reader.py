@@ -28,6 +28,8 @@ _KIND = {_INT: "an integer", _FLOAT: "a number", _STR: "a string", _BOOL: "a boo
          _NULL: "null"}
 # Names end up in Redis keys, metric labels and space-separated script arguments.
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Counters live in Lua numbers (doubles): exact up to 2^53.
+MAX_INTEGER = 2**53 - 1
 
 
 def child(location: str, key: str | int) -> str:
@@ -133,13 +135,17 @@ class Reader:
             return None
         return text
 
-    def integer(self, node: yaml.Node, location: str, minimum: int | None = None) -> int | None:
+    def integer(self, node: yaml.Node, location: str, minimum: int | None = None,
+                maximum: int = MAX_INTEGER) -> int | None:
         if not isinstance(node, yaml.ScalarNode) or node.tag != _INT:
             self._wrong(node, location, "an integer")
             return None
         value = int(self._constructor.construct_yaml_int(node))
         if minimum is not None and value < minimum:
             self.error(node, location, f"must be at least {minimum}, got {value}")
+            return None
+        if value > maximum:
+            self.error(node, location, f"must be at most {maximum}, got {value}")
             return None
         return value
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import yaml
 
-from gateway.rules.model import Meter, ResponseField, Weight, WeightRule
+from gateway.rules.model import MAX_UNITS, Meter, ResponseField, Weight, WeightRule
 from gateway.rules.patterns import compile_pattern, parse_method
 from gateway.rules.reader import Reader, child
 
@@ -106,10 +106,11 @@ def _cost(
         ok = meter is not None
     units = reserve = None
     if "units" in fields:
-        units = r.integer(fields["units"], child(loc, "units"), minimum=0)
+        units = r.integer(fields["units"], child(loc, "units"), minimum=0, maximum=MAX_UNITS)
         ok = ok and units is not None
     if "reserve" in fields:
-        reserve = r.integer(fields["reserve"], child(loc, "reserve"), minimum=0)
+        reserve = r.integer(fields["reserve"], child(loc, "reserve"), minimum=0,
+                            maximum=MAX_UNITS)
         ok = ok and reserve is not None
         if "units" in fields:
             r.error(fields["reserve"], child(loc, "reserve"),

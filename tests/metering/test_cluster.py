@@ -52,9 +52,12 @@ async def test_cascade_settle_and_usage_view_on_a_cluster(cluster: RedisCluster)
                                    enforce=True)
             assert d.admitted, d.error
             if n == 3:
-                delta = await engine.settle(rules, tables, d, caller, actual=4, kind="settle",
-                                            route="/", request_id=f"r{i}-{n}", meter="fcu")
-                assert delta == -6
+                settled = await engine.settle(rules, tables, d, caller, actual=4,
+                                              kind="settle", route="/",
+                                              request_id=f"r{i}-{n}", meter="fcu")
+                # Given back from the pool the 4th request was paid from.
+                pool = "overage" if i % 2 else "quota"
+                assert (settled.delta, settled.pools) == (-6, {pool: -6})
         view = await ledger.view(rules, tables, Account("user", f"user{i}"))
         # Personal callers pay 3 x 10 + 4 (settled); workspace members' requests go to acme.
         assert view["units"]["fcu"] == (0 if i % 2 else 34)

@@ -144,6 +144,10 @@ async def test_windows_count_what_a_settled_request_used(gw: RunningGateway) -> 
         refused = await c.post("/api/usage?tokens=1", headers={"X-Api-Key": key})
     assert (refused.status_code, refused.json()["code"]) == (429, "RATE_LIMITED")
     assert await units_of(gw, "user", "eve", "tokens") == 260
+    # The metrics count what was charged: 2 reserves of 100, then +150 settled up.
+    debited = gw.runtime.metrics.registry.get_sample_value(
+        "gateway_units_debited_total", {"meter": "tokens", "pool": "quota"})
+    assert debited == 350
 
 
 async def test_a_shadow_plan_proxies_and_counts_what_it_would_refuse(

@@ -6,7 +6,7 @@ import asyncio
 import calendar
 from datetime import UTC, datetime
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.metering.accounts import Account
@@ -291,3 +291,28 @@ async def test_usage_records_older_than_the_retention_are_dropped(store: Store) 
     assert left[-1][1][b"t"] == str(T0 + 300).encode()
     # Counters are not records: the period still holds every unit.
     assert await d.period_field(USER, "2026-11", "u:fcu") == 251
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(units=st.integers(1, 2**32 - 1), pico=st.integers(1, 10**12))
+# Where the plain double product ceil(units * pico / 1e6) comes out one micro-USD short:
+@example(units=3_099_642_109, pico=485_316_407_951)
+@example(units=3_632_255_616, pico=745_020_906_463)
+def test_prices_are_exact_however_large(store_url: str | None, units: int, pico: int) -> None:
+    """units * pico passes 2^53 (where Lua's doubles stop being exact) long before the
+    limits the rules allow; the charge is still ceil(units * pico / 10^6) to the micro-USD."""
+
+    async def scenario() -> None:
+        store = open_store(store_url)
+        await store.client.flushdb()
+        d = Driver(store, plan_table(credits="-1 0 0 1 -"), default_plan="credits",
+                   pico=pico)
+        expected = -(-units * pico // 1_000_000)
+        await store.client.set(USER.credits_key, expected)
+        leg = await d.debit(USER, units, T0)
+        assert (leg.verdict, leg.credit_micro) == (1, expected)
+        assert int(await store.client.get(USER.credits_key)) == 0
+        await store.close()
+
+    asyncio.run(scenario())

@@ -22,6 +22,8 @@ CASES: dict[str, tuple[str, int, str]] = {
     "bad_pattern": ("weights.rules[0].path", 11, "'**' is only allowed as the whole last segment"),
     "bad_method": ("weights.rules[0].method[1]", 11, "'FETCH' is not an HTTP method"),
     "negative_units": ("weights.rules[0].units", 11, "must be at least 0, got -5"),
+    "units_too_large": ("weights.rules[0].units", 11,
+                        "must be at most 4294967295, got 4294967296"),
     "settle_without_reserve": ("weights.rules[0].settle", 11, "settle requires reserve"),
     "bad_price": ("meters.fcu.usd_per_unit", 7, "not a whole number of pico-USD"),
     "bad_cidr": ("identity.trusted_proxies[1]", 16, "has host bits set"),

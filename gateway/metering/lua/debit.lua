@@ -179,14 +179,14 @@ local capped = false
 local balance = 0
 if rest > 0 then
   balance = tonumber(redis.call('GET', credits_key) or '0')
-  local cost = ceil_div(rest * pico, 1000000)
+  local cost = price_micro(rest, pico)
   if cost <= balance then
     if hard and spend + cost > cap then capped = true
     else take_c, cm, rest = rest, cost, 0 end
   end
 end
 if rest > 0 and overage then
-  local cost = ceil_div(rest * pico, 1000000)
+  local cost = price_micro(rest, pico)
   if hard and spend + cost > cap then capped = true
   else take_o, om, rest = rest, cost, 0 end
 end

@@ -12,6 +12,16 @@ local function ceil_div(a, b)
   return q
 end
 
+-- The price of `units` at `pico` pico-USD each, in micro-USD rounded up, exactly: Lua
+-- numbers are doubles, so units * pico itself could pass 2^53. The whole micro-USD part
+-- of the unit price and its remainder are multiplied apart instead (units < 2^32, as the
+-- rules and settlement allow, keeps both products exact).
+local function price_micro(units, pico)
+  local per_unit = math.floor(pico / 1000000)
+  local rest = pico - per_unit * 1000000
+  return units * per_unit + ceil_div(units * rest, 1000000)
+end
+
 -- Milliseconds: the injected clock when given (tests), else Redis TIME.
 local function clock_ms(arg)
   if arg ~= '' then return tonumber(arg) end

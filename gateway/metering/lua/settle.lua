@@ -48,7 +48,7 @@ if delta < 0 then
     local take = math.min(back, units_held)
     back = back - take
     if micro_held == nil or take == 0 then return -take, 0 end
-    return -take, ceil_div((units_held - take) * pico, 1000000) - micro_held
+    return -take, price_micro(units_held - take, pico) - micro_held
   end
   d_g = give_back(g)
   d_o, d_om = give_back(o, om)
@@ -69,21 +69,26 @@ elseif delta > 0 then
   local take = math.min(more, avail); d_q = take; more = more - take
   if more > 0 then
     local balance = tonumber(redis.call('GET', credits_key) or '0')
-    local cost = ceil_div((c + more) * pico, 1000000) - cm
+    local cost = price_micro(c + more, pico) - cm
     if cost <= balance and cost <= headroom then
       d_c = more; d_cm = cost; more = 0; headroom = headroom - cost
     end
   end
   if more > 0 and overage then
-    -- As many units as the headroom pays for: ceil((o + u) * pico / 1e6) - om <= headroom.
+    -- As many units as the headroom pays for: the largest u with
+    -- price(o + u) - om <= headroom (a binary search: the price only grows with u).
     local u = more
-    if headroom ~= math.huge then
-      u = math.max(math.min(math.floor((om + headroom) * 1000000 / pico) - o, more), 0)
-      while u > 0 and ceil_div((o + u) * pico, 1000000) - om > headroom do u = u - 1 end
+    if headroom ~= math.huge and price_micro(o + more, pico) - om > headroom then
+      local lo, hi = 0, more - 1
+      while lo < hi do
+        local mid = math.ceil((lo + hi) / 2)
+        if price_micro(o + mid, pico) - om <= headroom then lo = mid else hi = mid - 1 end
+      end
+      u = lo
     end
     if u > 0 then
       d_o = u
-      d_om = ceil_div((o + u) * pico, 1000000) - om
+      d_om = price_micro(o + u, pico) - om
       more = more - u
     end
   end

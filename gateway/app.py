@@ -122,7 +122,8 @@ class GatewayApp:
                 await charge.close(Outcome(upstream_broken=True), upstream_failed=False)
                 raise
             await charge.close(outcome, upstream_failed=False)
-            self.metrics.upstream_latency.labels(target.name).observe(time.perf_counter() - t0)
+            m = self.metrics
+            m.child(m.upstream_latency, target.name).observe(time.perf_counter() - t0)
             status = outcome.upstream_status
             if outcome.client_disconnected:
                 code = "CLIENT_DISCONNECTED"
@@ -147,8 +148,9 @@ class GatewayApp:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
             verdict = "admit" if code in ("OK", "CLIENT_DISCONNECTED") else "reject"
-            self.metrics.requests.labels(route_name, verdict, code).inc()
-            self.metrics.request_latency.labels(route_name).observe(elapsed)
+            m = self.metrics
+            m.child(m.requests, route_name, verdict, code).inc()
+            m.child(m.request_latency, route_name).observe(elapsed)
             entry.update(route=route_name, status=status, code=code,
                          ms=round(elapsed * 1000, 3),
                          bytes_out=outcome.bytes_out if outcome else 0)

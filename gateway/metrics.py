@@ -6,6 +6,8 @@ Each app owns its own registry, so tests can build many gateways in one process.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -17,6 +19,7 @@ STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "gateway_requests", "Requests by route, decision and code",
@@ -97,3 +100,15 @@ class Metrics:
         self.billing_notifications = Counter(
             "gateway_billing_notifications", "Billing notifications sent to accounts",
             ["kind"], registry=r)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: the lookup (a lock and a dict) would
+        otherwise run several times on every request. Label sets are bounded, so is this."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def store_latency_of(self, op: str) -> Any:
+        return self.child(self.store_latency, op)

@@ -53,7 +53,8 @@ class Charge:
         decision = await self.engine.admit(
             self.rules, self.tables, self.caller, meter=meter, units=self.units,
             route=self.route, request_id=self.request_id, idempotent=idempotent,
-            enforce=enforce, fingerprint=f"{self.fingerprint} {meter} {self.units}")
+            enforce=enforce,
+            fingerprint=f"{self.fingerprint} {meter} {self.units}" if idempotent else "")
         self.decision = decision
         leg = decision.leg
         scope = leg.account.scope if leg else "none"
@@ -62,12 +63,12 @@ class Charge:
         if not decision.admitted and decision.error is not None:
             self.metrics.decisions.labels(decision.error.code, _deny_scope(decision)).inc()
         else:
-            self.metrics.decisions.labels("ADMIT", scope).inc()
+            self.metrics.child(self.metrics.decisions, "ADMIT", scope).inc()
         if decision.charged and leg is not None:
             for pool, n in (("quota", leg.quota_units), ("credits", leg.credit_units),
                             ("overage", leg.overage_units), ("grace", leg.grace_units)):
                 if n:
-                    self.metrics.units.labels(meter, pool).inc(n)
+                    self.metrics.child(self.metrics.units, meter, pool).inc(n)
         settle = self.weight.settle
         if decision.charged and (settle is not None or self.weight.model is not None):
             self.observer = UsageObserver(

@@ -57,6 +57,7 @@ class MeteringEngine:
         self.scripts = Scripts.register(store)
         self.clock_ms = clock_ms            # tests inject time; production uses Redis TIME
         self._no_plan: dict[str, float] = {}
+        self._keys: dict[Account, list[str]] = {}
         self._observe = observe_store or (lambda op, s, ok: None)
 
     def _now_arg(self) -> str:
@@ -66,7 +67,7 @@ class MeteringEngine:
         t0 = time.perf_counter()
         ok = False
         try:
-            result = await self.store.call(self.store.run_script(script, keys, args))
+            result = await self.store.script(script, keys, args)
             ok = True
             return result
         finally:
@@ -106,11 +107,10 @@ class MeteringEngine:
         rid = request_id if idempotent else ""
         for i, (account, default_plan) in enumerate(accounts):
             followed = i < len(accounts) - 1
-            reply = await self._run("debit", self.scripts.debit, [
-                account.config_key, account.windows_key, account.credits_key,
-                account.usage_stream, account.request_key(rid or "-"), account.period_prefix,
-                account.day_prefix,
-            ], [
+            keys = self._debit_keys(account)
+            if rid:  # KEYS[5]: this request's id record
+                keys = [*keys[:4], account.request_key(rid), *keys[5:]]
+            reply = await self._run("debit", self.scripts.debit, keys, [
                 self._now_arg(), units, meter, pico, tables.by_meter[meter], default_plan,
                 key_windows, BUCKETS, rid, route, caller.key_id or "", caller.user,
                 int(caller.test), int(enforce), inactive, f"k:{caller.key_id}:",
@@ -148,6 +148,19 @@ class MeteringEngine:
             return Decision(admitted=True, units=units, leg=legs[-1], legs=legs,
                             shadow_code=error.code)
         return Decision(admitted=False, units=units, legs=legs, error=error)
+
+    def _debit_keys(self, account: Account) -> list[str]:
+        """The debit script's keys for an account (the request-id key for no id), built
+        once per account rather than seven f-strings per request."""
+        keys = self._keys.get(account)
+        if keys is None:
+            if len(self._keys) > 100_000:  # bounded: start over
+                self._keys.clear()
+            keys = self._keys[account] = [
+                account.config_key, account.windows_key, account.credits_key,
+                account.usage_stream, account.request_key("-"), account.period_prefix,
+                account.day_prefix]
+        return keys
 
     def _trim_no_plan(self) -> None:
         if len(self._no_plan) > 100_000:  # bounded: forget the expired ones

@@ -26,9 +26,9 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: its __init__ runs per request, frozen's is slower
 class Leg:
-    """One account's answer to one debit."""
+    """One account's answer to one debit (read-only by convention)."""
 
     account: Account
     verdict: int

@@ -84,6 +84,17 @@ class Store:
                 raise
         return await self.call(make(), deadline_s)
 
+    async def script(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """`run_script` within the deadline: the hot path's one store call."""
+        if self.pipe is None:
+            return await self.call(self.run_script(script, keys, args))
+        try:
+            return await self.pipe.evalsha(script, keys, args, deadline_s=self.deadline_s)
+        except TimeoutError as exc:
+            raise StoreUnavailable() from exc
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"store error: {type(exc).__name__}") from exc
+
     async def ping(self) -> bool:
         try:
             await self.call(self.client.ping())

@@ -33,12 +33,8 @@ class ReplyError(ResponseError):
 
 
 def pack(args: Sequence[Any]) -> bytes:
-    """RESP-encode one command."""
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
+    """RESP-encode one command (str, bytes, int), in C: a debit has some 30 arguments."""
+    return cast(bytes, hiredis.pack_command(tuple(args)))
 
 
 class _Protocol(asyncio.Protocol):
@@ -83,6 +79,11 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(PipeError(f"connection lost: {exc or 'closed'}"))
         if not self.lost.done():
             self.lost.set_result(None)
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("no reply within the deadline"))
 
 
 class RedisPipe:
@@ -136,25 +137,45 @@ class RedisPipe:
                             f"{exc}") from exc
         return self._protocol
 
-    async def execute(self, *args: Any) -> Any:
-        """Send one command and wait for its reply."""
-        protocol = await self._ready()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    async def execute(self, *args: Any, deadline_s: float | None = None) -> Any:
+        """Send one command and wait for its reply; past `deadline_s`, TimeoutError.
+
+        The deadline is one timer on the reply's future (an asyncio.timeout block costs
+        several times more, on every request); a reply that comes after it is read and
+        dropped."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost.done():
+            if deadline_s is None:
+                protocol = await self._ready()
+            else:
+                async with asyncio.timeout(deadline_s):
+                    protocol = await self._ready()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         protocol.waiting.append(future)
         protocol.send(pack(args))
-        return await future
+        if deadline_s is None:
+            return await future
+        timer = loop.call_later(deadline_s, _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
-    async def evalsha(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    async def evalsha(self, script: Any, keys: Sequence[Any], args: Sequence[Any],
+                      deadline_s: float | None = None) -> Any:
         """EVALSHA a redis-py `Script`, loading it once if Redis does not know it."""
         try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args,
+                                      deadline_s=deadline_s)
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        script.sha = await self.execute("SCRIPT", "LOAD", script.script)
+        script.sha = await self.execute("SCRIPT", "LOAD", script.script, deadline_s=deadline_s)
         if isinstance(script.sha, bytes):
             script.sha = script.sha.decode()
-        return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args,
+                                  deadline_s=deadline_s)
 
     async def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:

@@ -92,3 +92,58 @@ async def test_concurrent_weighted_traffic_on_redis_time(redis_server: RedisServ
     assert refused > 0, "the test must actually push the limit"
     assert sum(u for _, u in admitted) > limit, "traffic spanned several windows"
     assert_never_over_admits(admitted, limit, window)
+
+
+WINDOW_OPS = st.lists(st.tuples(
+    st.sampled_from(["debit", "settle", "debit", "back"]),
+    st.integers(0, 3000),     # ms forward (or back, for "back")
+    st.integers(1, 9),        # units
+    st.integers(0, 20)),      # settled to
+    min_size=1, max_size=80)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=WINDOW_OPS)
+def test_the_running_total_always_equals_its_buckets(
+    store_url: str | None, ops: list[tuple[str, int, int, int]]
+) -> None:
+    """The window's summary field (newest bucket, units in its span, oldest bucket with
+    units) agrees with the buckets themselves after any mix of debits, settlements up and
+    down, time passing and the clock stepping back."""
+    window, limit = 10_000, 40
+
+    async def scenario() -> None:
+        store = open_store(store_url)
+        await store.client.flushdb()
+        d = Driver(store, plan_table(free=f"-1 1 0 1 {limit}:{window}:*"))
+        acct = Account("user", "sum")
+        now = T0
+        for i, (op, dt, units, actual) in enumerate(ops):
+            now = now - dt if op == "back" else now + dt
+            leg = await d.debit(acct, units, now, rid=f"r{i}")
+            if op == "settle" and leg.verdict == 1:
+                await d.settle(leg, units, actual, f"r{i}", now + dt // 2, quota=-1,
+                               overage=True)
+            raw = await store.client.hgetall(acct.windows_key)
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            prefix = f"a:*:{window}:"
+            if prefix + "s" not in fields:
+                continue
+            last, used, first = map(int, fields[prefix + "s"].split(":"))
+            buckets = {}
+            for name, value in fields.items():
+                if name.startswith(prefix) and name != prefix + "s":
+                    b, u = map(int, value.split(":"))
+                    if last - BUCKETS <= b <= last:
+                        buckets[b] = u
+            assert used == sum(buckets.values()), (i, fields)
+            holding = [b for b, u in buckets.items() if u > 0]
+            if used == 0:
+                assert first == -1
+            else:
+                # The oldest holding bucket, or an older one emptied by a give-back.
+                assert last - BUCKETS <= first <= min(holding), (i, fields)
+        await store.close()
+
+    asyncio.run(scenario())

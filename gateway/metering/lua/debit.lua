@@ -123,8 +123,9 @@ local new_bucket = false
 local function check(spec, prefix, scope)
   for limit_s, window_s, counts in string.gmatch(spec, '(%d+):(%d+):([^,]+)') do
     local limit, window = tonumber(limit_s), tonumber(window_s)
-    local st = window_state(win_key, prefix .. counts .. ':', window, buckets, now)
-    local used, live, cur, cur_units, width = st.used, st.live, st.cur, st.cur_units, st.width
+    local st = window_open(win_key, prefix .. counts .. ':' .. window_s .. ':', window,
+      buckets, now)
+    local used, cur, width = st.used, st.cur, st.width
     local remaining = limit - used
     if units > limit then never = true end
     local ok = units <= remaining
@@ -132,7 +133,7 @@ local function check(spec, prefix, scope)
       throughput_ok = false
       -- Soonest time enough old buckets have slid out for this request to fit.
       local freed = 0
-      for _, bu in ipairs(live) do
+      for _, bu in ipairs(window_live(win_key, st, buckets)) do
         freed = freed + bu[2]
         if used - freed + units <= limit then
           local at = math.ceil((bu[1] + buckets + 1) * width)
@@ -141,8 +142,8 @@ local function check(spec, prefix, scope)
         end
       end
     else
-      writes[#writes + 1] = {st.field, fmt(cur) .. ':' .. fmt(cur_units + units)}
-      if cur_units == 0 then new_bucket = true end
+      writes[#writes + 1] = st
+      if st.cur_units == 0 then new_bucket = true end
       remaining = remaining - units
     end
     -- The gauge reported in RateLimit headers: a refusing window, else the tightest.
@@ -224,7 +225,14 @@ if code ~= '' then
   return reply
 end
 
-for _, w in ipairs(writes) do redis.call('HSET', win_key, w[1], w[2]) end
+-- (Two windows with the same prefix, the same window twice, add once.)
+local written = {}
+for _, st in ipairs(writes) do
+  if not written[st.prefix] then
+    written[st.prefix] = true
+    window_add(win_key, st, st.cur, units, st.cur_units)
+  end
+end
 -- The window hash's TTL only needs renewing when a new bucket starts (at most once per
 -- bucket width); it outlives the longest window twice over.
 if #writes > 0 and new_bucket then
@@ -268,7 +276,8 @@ reply[22] = append_usage(stream_key, tonumber(ARGV[18]), {'kind', 'debit', 'rid'
   'meter', meter,
   'units', fmt(units), 'q', fmt(take_q), 'c', fmt(take_c), 'cm', fmt(cm),
   'o', fmt(take_o), 'om', fmt(om), 'g', fmt(take_g), 'period', period, 'route', route,
-  'key', ARGV[11], 'user', ARGV[12], 'test', ARGV[13], 'plan', plan, 't', fmt(now)})
+  'key', ARGV[11], 'user', ARGV[12], 'test', ARGV[13], 'plan', plan, 't', fmt(now)},
+  ARGV[1], now)
 
 if rid ~= '' then
   redis.call('HSET', rid_key, 'reply', cjson.encode(reply), 'fp', ARGV[19])

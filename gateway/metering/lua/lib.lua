@@ -87,50 +87,125 @@ end
 
 -- Usage records are kept `retention_ms` by Redis' own clock (which also stamps their
 -- ids), whatever clock a test injects; the reporter deletes them sooner, once reported.
--- 0 keeps them forever. Returns the record's id.
-local function append_usage(stream_key, retention_ms, record)
+-- 0 keeps them forever. `clock` is the script's clock argument: when it is Redis' own
+-- (""), `now` is that time already. Returns the record's id.
+local function append_usage(stream_key, retention_ms, record, clock, now)
   if retention_ms > 0 then
-    local t = redis.call('TIME')
-    local cut = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - retention_ms
+    local real = now
+    if clock ~= '' then
+      local t = redis.call('TIME')
+      real = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    local cut = real - retention_ms
     return redis.call('XADD', stream_key, 'MINID', '~', fmt(cut), '*', unpack(record))
   end
   return redis.call('XADD', stream_key, '*', unpack(record))
 end
 
--- One sliding window's state: the buckets overlapping the trailing window.
--- Field names: <prefix><window_ms>:<slot>, value "<bucket>:<units>", slot = bucket mod
--- (buckets + 1), so a window costs buckets+1 fields however long the account lives.
-local function window_state(win_key, prefix, window, buckets, now)
+-- Sliding windows (docs/metering.md). A window of `window` ms is `buckets` buckets of
+-- width window / buckets. Its fields in the account's window hash, under the prefix P =
+-- "<a:|sa:|k:<key>:><counts>:<window_ms>:", are
+--   P .. slot  "<bucket>:<units>"  slot = bucket mod (buckets + 1): a stale slot is known
+--              by its bucket number, so buckets + 1 fields serve for ever;
+--   P .. 's'   "<last>:<used>:<first>"  the newest bucket written, the units of buckets
+--              last - buckets .. last, and the oldest of those holding units (-1: none).
+-- A request reads two fields, not buckets + 1: the buckets that slid out since `last`
+-- are subtracted as they go, each read once when it does.
+
+local function pair(v)  -- "<a>:<b>" -> a, b
+  local sep = string.find(v, ':', 1, true)
+  return tonumber(string.sub(v, 1, sep - 1)), tonumber(string.sub(v, sep + 1))
+end
+
+-- Units a bucket holds, from its slot's value (0 for a stale slot).
+local function held(v, bucket)
+  if not v then return 0 end
+  local b, u = pair(v)
+  if b == bucket then return u end
+  return 0
+end
+
+-- A window as it stands at `now` (nothing written): used = the units of buckets
+-- cur - buckets .. cur.
+local function window_open(win_key, prefix, window, buckets, now)
   local width = window / buckets
+  local slots = buckets + 1
   local cur = math.floor(now / width)
-  -- Plain concatenation: these are small integers, which Lua prints exactly, and
-  -- string.format costs more than the rest of the loop.
-  local names, base, slots = {}, prefix .. window .. ':', buckets + 1
-  for i = 0, buckets do
-    names[i + 1] = base .. ((cur - i) % slots)
+  local got = redis.call('HMGET', win_key, prefix .. 's', prefix .. (cur % slots))
+  local last, used, first = cur, 0, -1
+  if got[1] then
+    local s1 = string.find(got[1], ':', 1, true)
+    local s2 = string.find(got[1], ':', s1 + 1, true)
+    last = tonumber(string.sub(got[1], 1, s1 - 1))
+    used = tonumber(string.sub(got[1], s1 + 1, s2 - 1))
+    first = tonumber(string.sub(got[1], s2 + 1))
+    if last > cur then
+      -- The clock stepped back: go on counting in the newest bucket (it slides out
+      -- later, so this can only refuse early, never admit too much).
+      cur = last
+      got[2] = redis.call('HGET', win_key, prefix .. (cur % slots))
+    end
   end
-  local vals = redis.call('HMGET', win_key, unpack(names))
-  local used, live, cur_units = 0, {}, 0
-  for i = 1, #vals do
-    local v = vals[i]
-    if v then
-      local sep = string.find(v, ':', 1, true)
-      local b = tonumber(string.sub(v, 1, sep - 1))
-      local u = tonumber(string.sub(v, sep + 1))
-      if b >= cur - buckets and b <= cur then
-        used = used + u
-        live[#live + 1] = {b, u}
-        if b == cur then cur_units = u end
+  local cur_units = held(got[2], cur)
+  if used > 0 and cur > last then
+    -- Buckets last - buckets .. cur - buckets - 1 slid out.
+    local lo, hi = last - buckets, cur - buckets - 1
+    if hi >= last then
+      used, first = 0, -1
+    else
+      local names = {}
+      for b = lo, hi do names[#names + 1] = prefix .. (b % slots) end
+      local vals = redis.call('HMGET', win_key, unpack(names))
+      for i = 1, #names do used = used - held(vals[i], lo + i - 1) end
+      if used <= 0 then
+        used, first = 0, -1
+      elseif first <= hi then
+        -- The oldest bucket holding units slid out: the next one is at most `last`.
+        first = -1
+        names = {}
+        for b = hi + 1, last do names[#names + 1] = prefix .. (b % slots) end
+        vals = redis.call('HMGET', win_key, unpack(names))
+        for i = 1, #names do
+          if held(vals[i], hi + i) > 0 then first = hi + i; break end
+        end
       end
     end
   end
-  table.sort(live, function(a, b) return a[1] < b[1] end)
-  return {used = used, live = live, cur = cur, cur_units = cur_units, width = width,
-          field = names[1]}
+  return {prefix = prefix, width = width, slots = slots, cur = cur, cur_units = cur_units,
+          used = used, first = first}
 end
 
--- When the oldest live bucket slides out (ms from now); 0 when nothing is counted.
+-- Add `units` to bucket `b` of an open window (negative: give back, never below 0) and
+-- record the window's new state. Returns the units actually moved.
+local function window_add(win_key, st, b, units, old)
+  local new = math.max(old + units, 0)
+  local change = new - old
+  if change == 0 then return 0 end
+  local used = math.max(st.used + change, 0)
+  local first = st.first
+  if used == 0 then first = -1
+  elseif change > 0 and (first < 0 or b < first) then first = b end
+  redis.call('HSET', win_key, st.prefix .. (b % st.slots), fmt(b) .. ':' .. fmt(new),
+    st.prefix .. 's', fmt(st.cur) .. ':' .. fmt(used) .. ':' .. fmt(first))
+  return change
+end
+
+-- The buckets of an open window holding units, oldest first: {{bucket, units}, …}
+-- (read whole only when a request is refused, for its Retry-After).
+local function window_live(win_key, st, buckets)
+  local names = {}
+  for b = st.cur - buckets, st.cur do names[#names + 1] = st.prefix .. (b % st.slots) end
+  local vals = redis.call('HMGET', win_key, unpack(names))
+  local live = {}
+  for i = 1, #names do
+    local u = held(vals[i], st.cur - buckets + i - 1)
+    if u > 0 then live[#live + 1] = {st.cur - buckets + i - 1, u} end
+  end
+  return live
+end
+
+-- When the oldest bucket holding units slides out (ms from now); 0 when none does.
 local function window_reset(st, buckets, now)
-  if #st.live == 0 then return 0 end
-  return math.ceil((st.live[1][1] + buckets + 1) * st.width) - now
+  if st.first < 0 then return 0 end
+  return math.ceil((st.first + buckets + 1) * st.width) - now
 end

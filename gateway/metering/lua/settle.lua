@@ -116,23 +116,18 @@ if delta ~= 0 then
   local function adjust(spec, prefix)
     for _, window_s, counts in string.gmatch(spec, '(%d+):(%d+):([^,]+)') do
       local window = tonumber(window_s)
-      local width = window / buckets
-      local at = delta > 0 and now or debit_t
-      local b = math.floor(at / width)
-      local name = prefix .. counts .. ':' .. window .. ':' .. (b % (buckets + 1))
-      if not seen[name] and math.floor(now / width) - b <= buckets then
-        seen[name] = true
+      local p = prefix .. counts .. ':' .. window_s .. ':'
+      if not seen[p] then
+        seen[p] = true
         if window > longest then longest = window end
-        local v = redis.call('HGET', win_key, name)
-        local held = 0
-        if v then
-          local sep = string.find(v, ':', 1, true)
-          if tonumber(string.sub(v, 1, sep - 1)) == b then
-            held = tonumber(string.sub(v, sep + 1))
+        local st = window_open(win_key, p, window, buckets, now)
+        local b = delta > 0 and st.cur or math.floor(debit_t / st.width)
+        if b >= st.cur - buckets then  -- the bucket still counts
+          local old = st.cur_units
+          if b ~= st.cur then
+            old = held(redis.call('HGET', win_key, p .. (b % st.slots)), b)
           end
-        end
-        if delta > 0 or held > 0 then
-          redis.call('HSET', win_key, name, fmt(b) .. ':' .. fmt(math.max(held + delta, 0)))
+          window_add(win_key, st, b, delta, old)
         end
       end
     end
@@ -160,5 +155,5 @@ append_usage(stream_key, tonumber(ARGV[24]), {'kind', ARGV[14], 'rid', ARGV[17],
   'meter', meter, 'units', fmt(delta), 'q', fmt(d_q), 'c', fmt(d_c), 'cm', fmt(d_cm),
   'o', fmt(d_o), 'om', fmt(d_om), 'g', fmt(d_g), 'period', ARGV[21], 'route', ARGV[15],
   'model', ARGV[16], 'key', ARGV[18], 'user', ARGV[19], 'test', ARGV[20],
-  'plan', ARGV[22], 't', fmt(now), 'dt', ARGV[23]})
+  'plan', ARGV[22], 't', fmt(now), 'dt', ARGV[23]}, ARGV[1], now)
 return {delta, q + d_q, c + d_c, cm + d_cm, o + d_o, om + d_om, g + d_g}

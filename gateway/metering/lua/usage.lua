@@ -31,7 +31,8 @@ if s then
   local line_end = string.find(ARGV[3], '\n', e + 1, true)
   local spec = string.sub(ARGV[3], e + 1, line_end - 1)
   for limit_s, window_s, counts in string.gmatch(spec, '(%d+):(%d+):([^,]+)') do
-    local st = window_state(win_key, 'a:' .. counts .. ':', tonumber(window_s), buckets, now)
+    local st = window_open(win_key, 'a:' .. counts .. ':' .. window_s .. ':',
+      tonumber(window_s), buckets, now)
     gauges[#gauges + 1] = tonumber(limit_s)
     gauges[#gauges + 1] = tonumber(window_s)
     gauges[#gauges + 1] = st.used

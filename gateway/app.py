@@ -50,8 +50,7 @@ class GatewayApp:
             await _lifespan(receive, send)
             return
         if scope["type"] != "http":
-            # WebSocket upgrades are not proxied (yet); refuse politely.
-            await send({"type": "websocket.close", "code": 1003})
+            await _refuse_websocket(scope, send)
             return
         await self._handle(scope, receive, send)
 
@@ -278,6 +277,19 @@ async def _send_problem(
             raise
         # The response had already started; the server will close the connection.
         log.debug("could not send problem response", exc_info=True)
+
+
+async def _refuse_websocket(scope: Scope, send: Send) -> None:
+    """WebSocket upgrades are not proxied: a problem+json 501 where the server can send
+    an HTTP answer to an upgrade, else a close."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1003})
+        return
+    body = problem_bytes(GatewayError("UPGRADE_NOT_SUPPORTED", "the gateway does not proxy "
+                                      "WebSocket connections"))
+    await send({"type": "websocket.http.response.start", "status": 501, "headers": [
+        *_PROBLEM_HEADERS, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -44,6 +44,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "COST_EXCEEDS_LIMIT": (402, "Request cost exceeds any limit"),
     "PAYLOAD_TOO_LARGE": (413, "Payload too large"),
     "UNSUPPORTED_TRANSFER_CODING": (501, "Transfer coding not supported"),
+    "UPGRADE_NOT_SUPPORTED": (501, "Protocol upgrade not supported"),
     "UPSTREAM_UNAVAILABLE": (502, "Upstream unavailable"),
     "UPSTREAM_TIMEOUT": (504, "Upstream timed out"),
     "STORE_UNAVAILABLE": (503, "Store unavailable"),

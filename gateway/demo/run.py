@@ -12,7 +12,6 @@ import os
 import secrets
 import sys
 from importlib import resources
-from pathlib import Path
 
 import uvicorn
 
@@ -31,8 +30,9 @@ def bundled_rules_path() -> str:
 
 
 def run_demo(rules_path: str | None, port: int, admin_port: int, upstream_port: int) -> int:
-    path = rules_path or (
-        "rules.yaml" if Path("rules.yaml").is_file() else bundled_rules_path())
+    # The bundled example unless asked: the printed curl lines are written for its plans,
+    # whatever rules.yaml lies in the current directory.
+    path = rules_path or bundled_rules_path()
     from gateway.cli import _load_rules_or_exit, _run
 
     rules: Rules = _load_rules_or_exit(path)

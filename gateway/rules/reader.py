@@ -57,7 +57,8 @@ class Reader:
 
     def error(self, node: yaml.Node | None, location: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else None
-        self.problems.append(Problem(self.filename, line, location, message))
+        # The document itself has no dotted location.
+        self.problems.append(Problem(self.filename, line, location or "(root)", message))
 
     def _wrong(self, node: yaml.Node, location: str, expected: str) -> None:
         self.error(node, location, f"expected {expected}, got {_kind(node)}")

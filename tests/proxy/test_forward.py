@@ -393,3 +393,13 @@ async def test_a_bodyless_post_gets_no_length_the_client_did_not_send(
         assert resp.startswith(b"HTTP/1.1 200"), method
         names = upstream.requests[-1].header_names()
         assert "content-length" not in names and "transfer-encoding" not in names, method
+
+
+async def test_a_websocket_upgrade_is_a_problem_json_501(gw: RunningGateway) -> None:
+    key = await gw.new_key()
+    resp = await raw_request(gw.gateway.port(), (
+        f"GET /api/echo HTTP/1.1\r\nHost: g\r\nX-Api-Key: {key}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    assert resp.startswith(b"HTTP/1.1 501")
+    assert b"application/problem+json" in resp and b'"UPGRADE_NOT_SUPPORTED"' in resp

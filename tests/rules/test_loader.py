@@ -213,7 +213,7 @@ def test_duplicate_keys_are_errors() -> None:
 def test_empty_and_non_mapping_documents() -> None:
     assert problems("") == [(1, "(root)", "the file is empty")]
     [(line, location, message)] = problems("- 1\n")
-    assert (line, location) == (1, "") and "expected a mapping, got a list" in message
+    assert (line, location) == (1, "(root)") and "expected a mapping, got a list" in message
 
 
 def test_missing_file_raises_oserror(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from gateway.config import Settings, SettingsError
 
@@ -228,22 +229,21 @@ def _main(args: argparse.Namespace) -> int:
         return run_demo(rules_path=args.rules, port=args.port, admin_port=args.admin_port,
                         upstream_port=args.upstream_port)
     if args.command == "report":  # Stripe usage reporting
-        try:
-            return asyncio.run(_report(args))
-        except SystemExit:
-            raise
-        except Exception as exc:  # a CLI prints a sentence, not a traceback
-            print(f"gateway report: {exc}", file=sys.stderr)
-            return 1
+        return _sentence_on_failure(args.command, _report(args))
     if args.command in ("keys", "subscriptions", "credits", "usage"):
-        try:
-            return asyncio.run(_store_command(args))
-        except SystemExit:
-            raise
-        except Exception as exc:  # a CLI prints a sentence, not a traceback
-            print(f"gateway {args.command}: {exc}", file=sys.stderr)
-            return 1
+        return _sentence_on_failure(args.command, _store_command(args))
     return 2
+
+
+def _sentence_on_failure(command: str, work: Coroutine[Any, Any, int]) -> int:
+    """Run a store or Stripe command; a failure is one sentence, not a traceback."""
+    try:
+        return asyncio.run(work)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        print(f"gateway {command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared fixtures: real Redis (started here) and the embedded store, through the same tests."""
+"""Shared fixtures: real Redis (started here) and the embedded store, through the same
+tests; a recording upstream over real HTTP."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from gateway.store import Store, open_store
 from tests.redis_servers import RedisServer, start_redis
+from tests.upstream import RecordingUpstream
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +34,12 @@ async def store(store_url: str | None) -> AsyncIterator[Store]:
     await s.client.flushdb()
     yield s
     await s.close()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[RecordingUpstream]:
+    """A local upstream that records what it receives (tests/upstream.py)."""
+    up = RecordingUpstream()
+    await up.start()
+    yield up
+    await up.stop()

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -40,14 +40,6 @@ plans:
   free: {{throughput: [{{limit: 100000, window: 60s}}], quota: {{fcu: 1000000}}}}
 defaults: {{user_plan: free}}
 """
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[RecordingUpstream]:
-    up = RecordingUpstream()
-    await up.start()
-    yield up
-    await up.stop()
 
 
 class Served:

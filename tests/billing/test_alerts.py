@@ -91,14 +91,6 @@ class HookReceiver:
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[RecordingUpstream]:
-    up = RecordingUpstream()
-    await up.start()
-    yield up
-    await up.stop()
-
-
-@pytest.fixture
 async def hooks() -> AsyncIterator[HookReceiver]:
     h = HookReceiver()
     await h.start()

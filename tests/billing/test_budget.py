@@ -35,14 +35,6 @@ enforce: true
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[RecordingUpstream]:
-    up = RecordingUpstream()
-    await up.start()
-    yield up
-    await up.stop()
-
-
-@pytest.fixture
 async def gw(store_url: str | None, upstream: RecordingUpstream) -> AsyncIterator[RunningGateway]:
     async with running_gateway(RULES.format(upstream=upstream.url), store_url,
                                alert_interval_s=0, alert_allow_private=True) as g:

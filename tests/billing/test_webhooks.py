@@ -62,14 +62,6 @@ async def fake() -> AsyncIterator[FakeStripe]:
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[RecordingUpstream]:
-    up = RecordingUpstream()
-    await up.start()
-    yield up
-    await up.stop()
-
-
-@pytest.fixture
 async def gw(store_url: str | None, fake: FakeStripe, upstream: RecordingUpstream
              ) -> AsyncIterator[RunningGateway]:
     async with running_gateway(RULES.format(upstream=upstream.url), store_url,

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import orjson
-import pytest
 
 from gateway.metering.accounts import Account
 from gateway.metering.journal import Journal
@@ -36,14 +34,6 @@ defaults: {{user_plan: free}}
 store_failure: {policy}
 """
 USER = Account("user", "jo")
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[RecordingUpstream]:
-    up = RecordingUpstream()
-    await up.start()
-    yield up
-    await up.stop()
 
 
 async def fcu_in_stream(gw: RunningGateway) -> int:

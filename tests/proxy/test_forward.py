@@ -13,14 +13,6 @@ from tests.gateway_harness import BASE_RULES, RunningGateway, client, running_ga
 from tests.upstream import GZIP_BODY, RecordingUpstream
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[RecordingUpstream]:
-    up = RecordingUpstream()
-    await up.start()
-    yield up
-    await up.stop()
-
-
 @pytest.fixture(params=["aiohttp", "httpcore"])
 async def gw(request: pytest.FixtureRequest, upstream: RecordingUpstream
              ) -> AsyncIterator[RunningGateway]:

@@ -20,14 +20,6 @@ def max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[RecordingUpstream]:
-    up = RecordingUpstream()
-    await up.start()
-    yield up
-    await up.stop()
-
-
 @pytest.mark.slow
 async def test_200_mib_upload_and_download_stream_with_flat_memory(
     upstream: RecordingUpstream,

@@ -10,7 +10,6 @@ from collections.abc import Collection
 from decimal import Decimal
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 
 from gateway.errors import GatewayError
@@ -28,6 +27,19 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     return bytes(raw)
 
 
+class _Repeated(ValueError):
+    """A key given twice in one object: which one wins is no business to guess."""
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Repeated(repr(key))
+        out[key] = value
+    return out
+
+
 async def json_object(request: Request, allowed: Collection[str], *,
                       exact_numbers: bool = False, empty_ok: bool = False) -> dict[str, Any]:
     """A JSON object with only `allowed` fields (else 400 BAD_REQUEST).
@@ -39,9 +51,11 @@ async def json_object(request: Request, allowed: Collection[str], *,
     if empty_ok and not raw.strip():
         return {}
     try:
-        body = (json.loads(raw, parse_float=Decimal) if exact_numbers
-                else orjson.loads(raw))
-    except (ValueError, RecursionError):  # orjson.JSONDecodeError is a ValueError
+        body = json.loads(raw, parse_float=Decimal if exact_numbers else float,
+                          object_pairs_hook=_no_repeats)
+    except _Repeated as exc:
+        raise GatewayError("BAD_REQUEST", f"field {exc} is given twice") from None
+    except (ValueError, RecursionError):
         raise GatewayError("BAD_REQUEST", "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise GatewayError("BAD_REQUEST", "the body must be a JSON object")

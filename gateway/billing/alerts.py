@@ -138,17 +138,20 @@ class Alert:
 
     @property
     def alert_id(self) -> str:
-        return f"{self.account.scope}:{self.account.id}:{self.period['id']}:{self.threshold}"
+        """One per account, period, cap and threshold: a new cap's alert is a new one."""
+        return (f"{self.account.scope}:{self.account.id}:{self.period['id']}:"
+                f"{self.cap_micro}:{self.threshold}")
 
     def notice(self) -> Notice:
         p = self.payload()
+        # People read dates; the period id ("2026-11", "s1794268800000") is for machines.
+        span = f"{p['period_start'][:10]} to {p['period_end'][:10]}"
         return Notice(
             "budget", self.alert_id,
-            f"Budget alert: {self.threshold}% of your monthly cap ({p['scope']} {p['id']}, "
-            f"{p['period']})",
-            f"Spend this period ({p['period_start']} to {p['period_end']}) is "
-            f"${p['spend_usd']}, {self.threshold}% or more of the ${p['cap_usd']} monthly "
-            f"cap for {p['scope']} {p['id']}.\n", p)
+            f"Budget alert: {self.threshold}% of your budget cap ({p['scope']} {p['id']}, "
+            f"{span})",
+            f"Spend this billing period ({span}) is ${p['spend_usd']}, {self.threshold}% or "
+            f"more of the ${p['cap_usd']} cap for {p['scope']} {p['id']}.\n", p)
 
     def payload(self) -> dict[str, Any]:
         return {

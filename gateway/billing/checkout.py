@@ -261,9 +261,14 @@ def return_url_allowed(url: str, allowlist: tuple[str, ...]) -> bool:
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("http", "https") or not host or "@" in parts.netloc:
         return False
+    # A browser resolves dot segments before it goes there: /account/../x is /x.
+    segments = parts.path.split("/")
+    if any(seg.lower().replace("%2e", ".") in (".", "..") for seg in segments):
+        return False
     for entry in allowlist:
         if "://" in entry:
-            if _prefix_matches(parts.scheme, parts.netloc.lower(), parts.path or "/", entry):
+            if _prefix_matches(parts.scheme, host, _port(parts.scheme, port),
+                               parts.path or "/", entry):
                 return True
             continue
         if parts.scheme != "https":
@@ -279,9 +284,14 @@ def return_url_allowed(url: str, allowlist: tuple[str, ...]) -> bool:
     return False
 
 
-def _prefix_matches(scheme: str, netloc: str, path: str, entry: str) -> bool:
+def _port(scheme: str, port: int | None) -> int:
+    return port if port is not None else (443 if scheme == "https" else 80)
+
+
+def _prefix_matches(scheme: str, host: str, port: int, path: str, entry: str) -> bool:
     e = urlsplit(entry)
-    if (scheme, netloc) != (e.scheme, e.netloc.lower()):
+    # https://example.com:443/ is https://example.com/.
+    if (scheme, host, port) != (e.scheme, (e.hostname or "").lower(), _port(e.scheme, e.port)):
         return False
     prefix = e.path or "/"
     # `/app` matches `/app` and `/app/x`, not `/application`.

@@ -32,6 +32,8 @@ MICRO_PER_CENT = 10_000
 QUOTA_REASONS = frozenset({"subscription_create", "subscription_cycle"})
 ENDED = frozenset({"canceled", "incomplete_expired"})
 LIVE = frozenset({"active", "trialing", "past_due"})
+# A period's own invoice is made at its start; Stripe's clocks may differ a little.
+PERIOD_SLACK_S = 300
 
 RECEIVED: Result = {"received": True}
 
@@ -137,16 +139,24 @@ async def sync_subscription(ctx: Ctx, sub_id: str, account: Account | None = Non
                             advance: bool = False) -> Result:
     """Re-fetch a subscription and record its current state on the account.
 
-    A subscription's first period is recorded whatever the event. A later one (a
-    renewal) only with `advance`: from its paid invoice (invoice.paid for
-    subscription_cycle) or a completed checkout. Quota counters are keyed by period, so
-    moving the period is granting the quota; until the renewal is paid the account goes
-    on in the period it had (the debit script extends it), and if the payment fails the
-    status policy takes over.
+    A subscription's first period is recorded whatever the event. A later one only once
+    it is paid: with `advance` (invoice.paid for subscription_cycle, a completed
+    checkout), or when the subscription's latest invoice, made for the new period, is
+    paid (a change of billing cycle starts a period and charges it at once). Quota
+    counters are keyed by period, so moving the period is granting the quota; until a
+    renewal is paid the account goes on in the period it had (the debit script extends
+    it), and if the payment fails the status policy takes over.
+
+    One account, one tracked subscription: a second live one is named on the account
+    (`other_subscription`) but does not take over, so the plan never flips between the
+    two; it takes over only when the tracked one ends.
     """
+    # Only the subscription the event is about was deleted (not one synced on its behalf).
+    deleted = (ctx.event_type == "customer.subscription.deleted" and fallback is not None
+               and _id(fallback.get("id")) == sub_id)
     sub = await _retrieve(lambda: ctx.stripe.v1.subscriptions.retrieve_async(sub_id))
     if sub is None:
-        if fallback is None or ctx.event_type != "customer.subscription.deleted":
+        if not deleted or fallback is None:
             log.warning("stripe webhook: subscription %s does not exist; ignored", sub_id)
             return ignored("subscription not found")
         sub = {**fallback, "status": "canceled"}  # deleted, and gone from Stripe
@@ -169,29 +179,36 @@ async def sync_subscription(ctx: Ctx, sub_id: str, account: Account | None = Non
         return ignored("unknown price")
     plan, cycle = found
     status = str(sub.get("status") or "incomplete")
-    if ctx.event_type == "customer.subscription.deleted" and status not in ENDED:
+    if deleted and status not in ENDED:
         status = "canceled"
     config = await ctx.runtime.ledger.config(account)
     current = config.get("stripe_subscription")
-    if current and current != sub_id and status in ENDED and config.get("status") in LIVE:
-        # An old subscription ending must not cancel the one that replaced it.
-        return ignored("superseded subscription")
-    if current and current != sub_id and status in LIVE and config.get("status") in LIVE:
-        # Two live subscriptions bill one account: the newer one is tracked, the other is
-        # named on the account (GET /billing/subscription shows it) and logged.
-        log.error("stripe webhook: %s:%s has two live subscriptions, %s and %s; tracking "
-                  "%s (cancel the other in Stripe)", account.scope, account.id, current,
-                  sub_id, sub_id)
-        ctx.problem("duplicate_subscription")
-        store = ctx.runtime.store
-        await store.call(store.client.hset(account.config_key, "other_subscription", current))
+    other = config.get("other_subscription")
+    store = ctx.runtime.store
+    if current and current != sub_id and (status in ENDED or config.get("status") in LIVE):
+        if status in ENDED:
+            if other == sub_id:
+                await store.call(store.client.hdel(account.config_key, "other_subscription"))
+                return ignored("the other subscription ended")
+            # An old subscription ending must not cancel the one that replaced it.
+            return ignored("superseded subscription")
+        if other != sub_id:
+            log.error("stripe webhook: %s:%s has two live subscriptions, %s (tracked) and "
+                      "%s; cancel one in Stripe", account.scope, account.id, current, sub_id)
+            ctx.problem("duplicate_subscription")
+            await store.call(store.client.hset(account.config_key, "other_subscription",
+                                               sub_id))
+        return ignored("another live subscription is tracked")
+    if other == sub_id:  # the tracked one had ended: this one takes over
+        await store.call(store.client.hdel(account.config_key, "other_subscription"))
+        other = None
     start, end = _period_s(sub, "current_period_start"), _period_s(sub, "current_period_end")
     if start is None or end is None:
         raise ValueError(f"subscription {sub_id} has no current period")
     start_ms, end_ms = start * 1000, end * 1000
     kept_start, kept_end = config.get("period_start"), config.get("period_end")
     if (not advance and current == sub_id and kept_start and kept_end
-            and int(kept_start) < start_ms):
+            and int(kept_start) < start_ms and not await _period_paid(ctx, sub, start)):
         start_ms, end_ms = int(kept_start), int(kept_end)  # renewal not paid yet
     past_due_until: int | None = None
     if status == "past_due":
@@ -207,7 +224,27 @@ async def sync_subscription(ctx: Ctx, sub_id: str, account: Account | None = Non
         subscription_id=sub_id, billing_cycle=cycle)
     log.info("stripe webhook: %s:%s subscription %s → plan %s, status %s",
              account.scope, account.id, sub_id, plan, status)
+    if status in ENDED and other:
+        # The tracked subscription ended while another is live: the account goes on
+        # with that one.
+        return await sync_subscription(ctx, other, account, advance=True)
     return {"received": True, "plan": plan, "status": status}
+
+
+async def _period_paid(ctx: Ctx, sub: Mapping[str, Any], start_s: int) -> bool:
+    """Whether the subscription's latest invoice is paid and was made for the period
+    starting at `start_s` (not the invoice of the period before)."""
+    latest = sub.get("latest_invoice")
+    invoice: Mapping[str, Any] | None
+    if isinstance(latest, Mapping):
+        invoice = latest
+    elif isinstance(latest, str) and latest:
+        invoice = await _retrieve(lambda: ctx.stripe.v1.invoices.retrieve_async(latest))
+    else:
+        return False
+    created = invoice.get("created") if invoice else None
+    return (invoice is not None and invoice.get("status") == "paid"
+            and isinstance(created, int) and created >= start_s - PERIOD_SLACK_S)
 
 
 async def on_subscription(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
@@ -318,6 +355,12 @@ async def on_payment_failed(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
     return {**result, "flagged": True}
 
 
+def _cents(value: Any) -> int | None:
+    """Stripe's integer minor units (None for anything else)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
+        else None
+
+
 async def on_charge_refunded(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
     """Claw back top-up credits by the refunded amount. `amount_refunded` is cumulative:
     the total clawed back per charge is recorded and only the increase is taken."""
@@ -338,7 +381,12 @@ async def on_charge_refunded(ctx: Ctx, obj: Mapping[str, Any]) -> Result:
     if account is None:
         ctx.problem("unknown_customer")
         return ignored("unknown customer")
-    amount, refunded = int(charge.get("amount") or 0), int(charge.get("amount_refunded") or 0)
+    amount, refunded = _cents(charge.get("amount")), _cents(charge.get("amount_refunded"))
+    if amount is None or refunded is None:
+        log.error("stripe webhook: charge %s has no usable amount/amount_refunded; nothing "
+                  "clawed back", charge_id)
+        ctx.problem("bad_charge")
+        return ignored("charge without amounts")
     try:
         credits = int(str(_get(metadata, "credits_micro_usd")))
     except ValueError:

@@ -120,7 +120,7 @@ def _cents_usd(cents: object) -> str | None:
 def _page_params(request: Request) -> tuple[int, str | None]:
     """?limit=1..100 (default 20) and ?starting_after=<invoice id> (the last one seen)."""
     raw = request.query_params.get("limit", str(INVOICE_DEFAULT))
-    if not raw.isdigit() or not 1 <= int(raw) <= INVOICE_PAGE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= INVOICE_PAGE:
         raise GatewayError("BAD_REQUEST", f"limit must be 1 to {INVOICE_PAGE}")
     after = request.query_params.get("starting_after") or None
     if after is not None and not (after.startswith("in_") and len(after) <= 255

@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.billing import events
+from gateway.billing.stripe_client import is_outage
 from gateway.errors import GatewayError
 from gateway.jsonbody import read_body
 from gateway.runtime import Runtime
@@ -95,7 +96,8 @@ async def receive(request: Request) -> JSONResponse:
                       event_id, event_type)
         metrics.labels(label, "failed").inc()
         await _forget(store, marker)
-        code = "STRIPE_UNAVAILABLE" if isinstance(exc, stripe.StripeError) else "INTERNAL"
+        code = ("INTERNAL" if not isinstance(exc, stripe.StripeError) else
+                "STRIPE_UNAVAILABLE" if is_outage(exc) else "STRIPE_REJECTED")
         raise GatewayError(code, f"event {event_id} was not processed; retry",
                            status=500) from exc
     except BaseException:

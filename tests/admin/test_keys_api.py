@@ -105,6 +105,7 @@ async def test_create_list_revoke(store: Store) -> None:
     b'{"user": "ann", "role": "owner"}',
     b'{"user": "a b"}',
     b'{"user": "ann", "plan": "pro"}',           # unknown field
+    b'{"user": "ann", "user": "bob"}',           # a field twice
 ])
 async def test_bad_bodies_are_400(store: Store, body: bytes) -> None:
     async with admin_client(store) as c:

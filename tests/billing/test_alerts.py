@@ -181,12 +181,13 @@ async def test_thresholds_fire_exactly_once_across_runs_and_restart(
         "scope": "user", "id": "ann", "threshold": 80, "spend_usd": "0.000080",
         "cap_usd": "0.000100", "period": "2026-11", "period_start": "2026-11-01T00:00:00Z",
         "period_end": "2026-12-01T00:00:00Z"}]
-    assert hooks.headers[0]["x-gateway-alert-id"] == "user:ann:2026-11:80"
+    assert hooks.headers[0]["x-gateway-alert-id"] == "user:ann:2026-11:100:80"
     assert len(smtp.messages) == 1
     mail = smtp.messages[0]
     assert (mail.sender, mail.recipients) == ("billing@gw.test", ["ann@example.com"])
     msg = mail.parsed()
-    assert msg["Subject"].startswith("Budget alert: 80%")
+    assert " ".join(str(msg["Subject"]).split()) == (  # long headers come folded
+        "Budget alert: 80% of your budget cap (user ann, 2026-11-01 to 2026-12-01)")
     assert "$0.000080" in str(msg.get_payload())
     await spend(gw, secret, 1)                       # 100 µ$: the cap
     restarted = AlertChecker(gw.runtime)
@@ -198,7 +199,7 @@ async def test_thresholds_fire_exactly_once_across_runs_and_restart(
     assert await checker.run_once() == []
     assert [p["threshold"] for p in hooks.posts] == [80, 100]
     assert hooks.posts[1]["spend_usd"] == "0.000100"
-    assert [m.parsed()["Subject"][:17] for m in smtp.messages] == [
+    assert [str(m.parsed()["Subject"]).strip()[:17] for m in smtp.messages] == [
         "Budget alert: 80%", "Budget alert: 100"]
     assert (sent(gw, "80", "webhook"), sent(gw, "80", "email"),
             sent(gw, "100", "webhook"), sent(gw, "100", "email")) == (1, 1, 1, 1)

@@ -350,6 +350,7 @@ async def test_topup_by_amount_is_exact(gw_one: RunningGateway, fake: FakeStripe
     b'{"amount_usd": "ten"}', b'{"amount_usd": 1e400}', b'{"amount_usd": true}',
     b'{"tier": "small", "amount_usd": 5}', b"{}", b'{"tier": "huge"}', b'{"tier": 5}',
     b'{"amount_usd": "1_000"}', b'{"amount_usd": " 5"}', b'{"amount_usd": "1e3"}',
+    b'{"amount_usd": 5, "amount_usd": 9000}',           # which one? neither
 ])
 async def test_topup_refuses_amounts_out_of_range_or_ambiguous(
         gw_one: RunningGateway, fake: FakeStripe, content: bytes) -> None:
@@ -378,6 +379,10 @@ async def test_topup_refuses_amounts_out_of_range_or_ambiguous(
     ("https://example.com/account\\@evil.test", False),
     ("javascript:alert(1)//example.com/account", False),
     ("https://app.example.com/ x", False),
+    ("https://example.com/account/../../x", False),   # the browser goes to /x
+    ("https://example.com/account/%2e%2e/x", False),
+    ("https://example.com:443/account", True),        # the default port, spelled out
+    ("https://example.com:8443/account", False),
 ])
 def test_return_url_allowlist(url: str, allowed: bool) -> None:
     assert return_url_allowed(url, ALLOWLIST) is allowed

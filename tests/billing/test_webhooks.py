@@ -293,17 +293,74 @@ async def test_checkout_completed_links_the_customer_and_applies_the_subscriptio
     assert config["stripe_customer"] == "cus_bob"
 
 
-async def test_a_second_live_subscription_is_flagged_not_hidden(
+async def test_a_second_live_subscription_is_flagged_and_takes_over_only_when_needed(
         gw: RunningGateway, fake: FakeStripe) -> None:
     first = seed_sub(fake, "sub_1")
     assert (await deliver(gw, event("customer.subscription.created", first))).status_code == 200
     second = seed_sub(fake, "sub_2", price="price_pro_monthly")
     r = await deliver(gw, event("customer.subscription.created", second))
-    assert r.status_code == 200 and r.json()["plan"] == "pro"
+    assert r.status_code == 200 and r.json()["ignored"] is True
     config = await gw.runtime.ledger.config(ANN)
-    assert (config["stripe_subscription"], config["other_subscription"]) == ("sub_2", "sub_1")
+    assert (config["stripe_subscription"], config["plan"], config["other_subscription"]) == (
+        "sub_1", "starter", "sub_2")
     assert sample(gw, "gateway_billing_webhook_problems_total",
                   {"kind": "duplicate_subscription"}) == 1
+    # Routine updates of either never flip the plan between the two.
+    for sub in (first, second, first):
+        await deliver(gw, event("customer.subscription.updated", sub))
+        assert (await gw.runtime.ledger.config(ANN))["plan"] == "starter"
+    # The tracked one ends while the other is live: the account goes on with the other.
+    fake.put("subscription", {**first, "status": "canceled"})
+    r = await deliver(gw, event("customer.subscription.deleted", first))
+    assert r.status_code == 200 and r.json()["plan"] == "pro"
+    config = await gw.runtime.ledger.config(ANN)
+    assert (config["stripe_subscription"], config["status"]) == ("sub_2", "active")
+    assert "other_subscription" not in config
+    assert await metered(gw, 1) == [200]
+
+
+async def test_the_other_subscription_ending_clears_the_flag(
+        gw: RunningGateway, fake: FakeStripe) -> None:
+    first = seed_sub(fake, "sub_1")
+    await deliver(gw, event("customer.subscription.created", first))
+    second = seed_sub(fake, "sub_2", price="price_pro_monthly")
+    await deliver(gw, event("customer.subscription.created", second))
+    fake.put("subscription", {**second, "status": "canceled"})
+    r = await deliver(gw, event("customer.subscription.deleted", second))
+    assert r.json()["ignored"] is True
+    config = await gw.runtime.ledger.config(ANN)
+    assert (config["stripe_subscription"], config["status"]) == ("sub_1", "active")
+    assert "other_subscription" not in config
+
+
+async def test_a_new_billing_cycle_paid_at_once_moves_the_period(
+        gw: RunningGateway, fake: FakeStripe) -> None:
+    """Monthly to annual in the portal: Stripe starts an annual period now and charges it
+    at once (billing_reason subscription_update). The paid period applies, quota and
+    all; a renewal whose invoice is not paid yet does not."""
+    sub = seed_sub(fake, start=now_s() - 20 * DAY, end=now_s() + 10 * DAY)
+    await deliver(gw, event("customer.subscription.created", sub))
+    assert await metered(gw, 4) == [200, 200, 200, 402]
+    new_start = now_s() - 5
+    fake.put("invoice", {"id": "in_cycle", "object": "invoice", "status": "paid",
+                         "created": new_start, "billing_reason": "subscription_update"})
+    annual = seed_sub(fake, price="price_starter_annual", start=new_start,
+                      end=new_start + 365 * DAY)
+    annual["latest_invoice"] = "in_cycle"
+    r = await deliver(gw, event("customer.subscription.updated", annual))
+    assert r.status_code == 200, r.text
+    config = await gw.runtime.ledger.config(ANN)
+    assert (config["billing_cycle"], config["period_start"]) == ("annual",
+                                                                 str(new_start * 1000))
+    assert await metered(gw, 1) == [200]
+    # A renewal with its invoice still open keeps the period it had.
+    fake.put("invoice", {"id": "in_open", "object": "invoice", "status": "open",
+                         "created": now_s(), "billing_reason": "subscription_cycle"})
+    renewal = seed_sub(fake, price="price_starter_annual", start=now_s(),
+                       end=now_s() + 365 * DAY)
+    renewal["latest_invoice"] = "in_open"
+    await deliver(gw, event("customer.subscription.updated", renewal))
+    assert (await gw.runtime.ledger.config(ANN))["period_start"] == str(new_start * 1000)
 
 
 # --- invoices -------------------------------------------------------------------------
@@ -502,6 +559,19 @@ async def test_refund_after_credits_were_spent_leaves_a_debt(
     evts = [event("charge.refunded", {"id": "ch_2", "object": "charge"}) for _ in range(4)]
     await asyncio.gather(*(deliver(gw, e) for e in evts))
     assert await credits(gw) == -4_000_000
+
+
+async def test_a_charge_without_usable_amounts_is_ignored_not_a_500(
+        gw: RunningGateway, fake: FakeStripe) -> None:
+    await gw.runtime.ledger.grant_credits(ANN, 1_000_000)
+    fake.put("charge", {"id": "ch_junk", "object": "charge", "customer": CUS,
+                        "amount": "lots", "amount_refunded": 100, "payment_intent": None,
+                        "metadata": {"kind": "topup", "gateway_scope": "user",
+                                     "gateway_id": "ann", "credits_micro_usd": "1000000"}})
+    r = await deliver(gw, event("charge.refunded", {"id": "ch_junk", "object": "charge"}))
+    assert r.status_code == 200 and r.json()["ignored"] is True
+    assert await credits(gw) == 1_000_000
+    assert sample(gw, "gateway_billing_webhook_problems_total", {"kind": "bad_charge"}) == 1
 
 
 async def test_refund_of_a_non_topup_charge_changes_nothing(

@@ -24,9 +24,11 @@ One round:
    `client.v1.billing.meter_events.create_async` with event_name = the meter's name,
    payload {stripe_customer_id, value}, the identifier, and timestamp = the group's last `t`
    in seconds (clamped into Stripe's 35-day window).
-   Usage younger than `hold_s` (GATEWAY_REPORT_HOLD_S) waits for a later round, so a
-   reserve and its settlement (which lands when the response ends, and counts in the
-   hour of its debit) go out together as their net.
+   Usage younger than `hold_s` (GATEWAY_REPORT_HOLD_S) waits for a later round, and so
+   does everything from a reserve (a debit record marked `open`) whose settlement record
+   (the same `req`) is not in the stream yet, however long its response streams (up to
+   OPEN_MAX_S): a reserve and its settlement, which counts in the hour of its debit, go
+   out together as their net.
 6. Success, or Stripe answering that the identifier already exists (a re-send after a crash:
    it was delivered) → one Lua step XACKs the group's entries and updates the carry.
    Failure (5xx, 429, network, any other refusal) → the entries stay pending, the stream is
@@ -86,6 +88,8 @@ LEASE_MS = 300_000       # a stream's lease; renewed after each send
 CARRY_TTL_MS = 400 * 86_400_000
 MAX_AGE_S = 34 * 86_400  # Stripe takes timestamps up to 35 days old
 BACKOFF_MAX_S = 900.0
+SCAN = 5000              # entries looked at ahead for reserves' settlements
+OPEN_MAX_S = 3600        # a reserve still unsettled after this is billed as it stands
 SEND_TIMEOUT_S = 120.0   # the SDK's own retries included; well inside the lease
 STORE_DEADLINE_S = 5.0   # background work: more patient than the hot path
 # Stripe's answer to a repeated identifier: HTTP 400 invalid_request_error, "An event
@@ -338,22 +342,34 @@ class Reporter:
                 await self._call(self._release(keys=[lock], args=[token]))
 
     async def _ready(self, key: str) -> int:
-        """How many unread entries are old enough to report (at most a batch).
+        """How many unread entries may be reported now (at most a batch): those older
+        than the hold, up to the first reserve whose settlement has not come yet (found
+        among the next SCAN entries; one older than OPEN_MAX_S goes out as it is).
 
-        Counted before reading, so entries still held back are never delivered: a
-        pending batch is always exactly one that may have gone out, and is re-sent as it
-        was (same entries, same identifiers).
+        Counted before reading, so entries held back are never delivered: a pending
+        batch is always exactly one that may have gone out, and is re-sent as it was
+        (same entries, same identifiers).
         """
-        if self.hold_s <= 0:
-            return self.batch
         c = self.store.client
         groups = await self._call(c.xinfo_groups(key))
         info = next((g for g in groups if _text(g.get("name")) == GROUP), None)
         last = _text(info.get("last-delivered-id") or "0-0") if info else "0-0"
-        cutoff_ms = int((self.clock() - self.hold_s) * 1000)
-        rows = await self._call(c.xrange(key, min="-" if last == "0-0" else "(" + last,
-                                         max=str(cutoff_ms), count=self.batch))
-        return len(rows)
+        raw = await self._call(c.xrange(key, min="-" if last == "0-0" else "(" + last,
+                                        count=SCAN))
+        rows = [(_text(i), {_text(k): _text(v) for k, v in (f or {}).items()}) for i, f in raw]
+        now_ms = self.clock() * 1000
+        cutoff_ms = now_ms - self.hold_s * 1000
+        closed = {f.get("req") for _, f in rows if f.get("kind") != "debit"}
+        ready = 0
+        for entry_id, fields in rows[:self.batch]:
+            t = _id_ms(entry_id)
+            if t > cutoff_ms:
+                break
+            if (fields.get("kind") == "debit" and fields.get("open") == "1"
+                    and fields.get("req") not in closed and now_ms - t < OPEN_MAX_S * 1000):
+                break  # its settlement is still to come: bill the two together
+            ready += 1
+        return ready
 
     async def _read(self, key: str, start: str, count: int | None = None
                     ) -> list[tuple[str, dict[str, str]]]:

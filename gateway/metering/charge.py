@@ -54,7 +54,8 @@ class Charge:
             self.rules, self.tables, self.caller, meter=meter, units=self.units,
             route=self.route, request_id=self.request_id, idempotent=idempotent,
             enforce=enforce,
-            fingerprint=f"{self.fingerprint} {meter} {self.units}" if idempotent else "")
+            fingerprint=f"{self.fingerprint} {meter} {self.units}" if idempotent else "",
+            settles=self.weight.settle is not None)
         self.decision = decision
         leg = decision.leg
         scope = leg.account.scope if leg else "none"
@@ -96,7 +97,8 @@ class Charge:
         try:
             actual, kind = self._actual(outcome, upstream_failed)
             model = (self.observer.model or "") if self.observer else ""
-            if actual == self.units and not model:
+            # A reserve always gets its settlement record (the reporter waits for it).
+            if actual == self.units and not model and self.weight.settle is None:
                 return
             meter = self.weight.meter.name
             settled = await self.engine.settle(

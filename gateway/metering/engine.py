@@ -87,12 +87,14 @@ class MeteringEngine:
         enforce: bool,
         replay: bool = False,
         fingerprint: str = "",
+        settles: bool = False,
     ) -> Decision:
         """Debit `units` of `meter` from the first account that admits them.
 
         With `idempotent`, `request_id` names the request (`fingerprint`: its method,
         path and cost): a repeat is answered from the first debit and charged nothing, a
-        repeat that is another request is refused (409 REQUEST_ID_REUSED).
+        repeat that is another request is refused (409 REQUEST_ID_REUSED). `settles`: a
+        settlement will follow (the caller must then settle it, whatever the outcome).
         """
         legs: list[Leg] = []
         shadow = False
@@ -115,6 +117,7 @@ class MeteringEngine:
                 key_windows, BUCKETS, rid, route, caller.key_id or "", caller.user,
                 int(caller.test), int(enforce), inactive, f"k:{caller.key_id}:",
                 int(replay), self.usage_retention_ms, fingerprint, int(followed and bool(rid)),
+                request_id, int(settles),
             ])
             leg = Leg.parse(account, reply)
             if leg.verdict == NO_PLAN:

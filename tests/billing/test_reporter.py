@@ -17,6 +17,7 @@ import httpx
 import pytest
 import stripe
 
+from gateway.billing import reporter as reporter_module
 from gateway.billing.customers import Customers
 from gateway.billing.reporter import (
     GROUP,
@@ -138,6 +139,38 @@ async def test_a_reserve_and_its_settlement_are_reported_as_their_net(
     assert (r.sent, r.acked) == (1, 2)
     assert sent(fake) == [(cus, "10", (H0 + 1_000) // 1000, "fcu")]
     assert await store.client.hgetall(ALICE.key("report-carry")) == {}
+
+
+async def test_a_reserve_still_streaming_waits_for_its_settlement(
+        store: Store, fake: FakeStripe) -> None:
+    """No hold, yet the open reserve (and what follows it) waits until its settlement is
+    in the stream: then one net event."""
+    d = Driver(store, TABLE, default_plan="payg")
+    cus = await linked(store, fake, ALICE)
+    await d.debit(ALICE, 7, H0)                                 # an ordinary request
+    leg = await d.debit(ALICE, 100, H0 + 1_000, rid="chat-2", opens=True)
+    await d.debit(ALICE, 5, H0 + 2_000)                         # after the open reserve
+    r = await reporter(store, fake).run_once()
+    assert (r.sent, r.acked) == (1, 1) and sent(fake) == [(cus, "7", H0 // 1000, "fcu")]
+    await d.settle(leg, 100, 30, "chat-2", H0 + 70 * 60_000, quota=0, overage=True)
+    r = await reporter(store, fake).run_once()
+    assert r.acked == 3
+    assert [e[1] for e in sent(fake)] == ["7", "35"]            # 30 + 5, one hour
+    assert await store.client.hgetall(ALICE.key("report-carry")) == {}
+
+
+async def test_a_reserve_never_settled_goes_out_as_it_stands(
+        store: Store, fake: FakeStripe) -> None:
+    """The gateway died mid-response: no settlement will come. After OPEN_MAX_S the
+    reserve is billed, so nothing waits for ever."""
+    d = Driver(store, TABLE, default_plan="payg")
+    cus = await linked(store, fake, ALICE)
+    await d.debit(ALICE, 100, H0, rid="lost", opens=True)
+    assert (await reporter(store, fake).run_once()).sent == 0
+    later = Reporter(store, stripe_client(fake), Metrics(),
+                     clock=lambda: time.time() + reporter_module.OPEN_MAX_S + 1)
+    assert (await later.run_once()).sent == 1
+    assert sent(fake) == [(cus, "100", H0 // 1000, "fcu")]
 
 
 async def test_quota_usage_is_not_overage(store: Store, fake: FakeStripe) -> None:

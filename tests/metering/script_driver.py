@@ -36,14 +36,16 @@ class Driver:
 
     async def debit(self, account: Account, units: int, now: int | None, rid: str = "",
                     route: str = "/api/", enforce: bool = True, key_windows: str = "",
-                    test: bool = False, inactive: str = "fallback") -> Leg:
+                    test: bool = False, inactive: str = "fallback", opens: bool = False
+                    ) -> Leg:
         reply = await self.debit_reply(account, units, now, rid, route, enforce, key_windows,
-                                       test, inactive)
+                                       test, inactive, opens)
         return Leg.parse(account, reply)
 
     async def debit_reply(self, account: Account, units: int, now: int | None, rid: str = "",
                           route: str = "/api/", enforce: bool = True, key_windows: str = "",
-                          test: bool = False, inactive: str = "fallback") -> Any:
+                          test: bool = False, inactive: str = "fallback", opens: bool = False
+                          ) -> Any:
         key = "key-test" if test else "key1"
         return await self.debit_script(keys=[
             account.config_key, account.windows_key, account.credits_key,
@@ -53,7 +55,7 @@ class Driver:
             "" if now is None else str(now), units, self.meter, self.pico, self.table,
             self.default_plan, key_windows, BUCKETS, rid, route, key, account.id, int(test),
             int(enforce), inactive, f"k:{key}:", 0, self.retention_ms,
-            f"GET {route} {self.meter} {units}", 0,
+            f"GET {route} {self.meter} {units}", 0, rid or "-", int(opens),
         ])
 
     async def settle(self, leg: Leg, units: int, actual: int, rid: str, now: int | None,

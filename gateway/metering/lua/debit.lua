@@ -22,6 +22,9 @@
 --      20 1 when a later account may pay (the workspace leg of a cascade): a denial of an
 --         idempotent request is remembered, so its retry cannot be charged here after the
 --         next account paid for it
+--      21 the request's id in the usage record (a settlement's record names it too)
+--      22 1 when a settlement will follow (a reserve): the record says so ('open'), and
+--         the reporter bills it together with its settlement
 --
 -- Reply (flat array, see gateway/metering/verdict.py):
 --  1 verdict 1 admit, 0 deny, 2 no plan (try the next account), 3 duplicate request id,
@@ -276,7 +279,8 @@ reply[22] = append_usage(stream_key, tonumber(ARGV[18]), {'kind', 'debit', 'rid'
   'meter', meter,
   'units', fmt(units), 'q', fmt(take_q), 'c', fmt(take_c), 'cm', fmt(cm),
   'o', fmt(take_o), 'om', fmt(om), 'g', fmt(take_g), 'period', period, 'route', route,
-  'key', ARGV[11], 'user', ARGV[12], 'test', ARGV[13], 'plan', plan, 't', fmt(now)},
+  'key', ARGV[11], 'user', ARGV[12], 'test', ARGV[13], 'plan', plan, 't', fmt(now),
+  'req', ARGV[21], 'open', ARGV[22]},
   ARGV[1], now)
 
 if rid ~= '' then

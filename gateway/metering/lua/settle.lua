@@ -155,5 +155,5 @@ append_usage(stream_key, tonumber(ARGV[24]), {'kind', ARGV[14], 'rid', ARGV[17],
   'meter', meter, 'units', fmt(delta), 'q', fmt(d_q), 'c', fmt(d_c), 'cm', fmt(d_cm),
   'o', fmt(d_o), 'om', fmt(d_om), 'g', fmt(d_g), 'period', ARGV[21], 'route', ARGV[15],
   'model', ARGV[16], 'key', ARGV[18], 'user', ARGV[19], 'test', ARGV[20],
-  'plan', ARGV[22], 't', fmt(now), 'dt', ARGV[23]}, ARGV[1], now)
+  'plan', ARGV[22], 't', fmt(now), 'dt', ARGV[23], 'req', ARGV[17]}, ARGV[1], now)
 return {delta, q + d_q, c + d_c, cm + d_cm, o + d_o, om + d_om, g + d_g}

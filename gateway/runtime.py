@@ -108,6 +108,7 @@ class Runtime:
         self.journal = Journal(settings.journal_path or None)
         self.stripe = build_stripe_client(settings)
         self._replayer: asyncio.Task[None] | None = None
+        self._clock_task: asyncio.Task[None] | None = None
         # --- budget alerts (gateway/billing/alerts.py) ---
         self.alert_checker = AlertChecker(self)
         self._alert_task: asyncio.Task[None] | None = None
@@ -129,6 +130,7 @@ class Runtime:
     async def start(self) -> None:
         log.info("store: %s", self.store.description)
         self._replayer = asyncio.get_running_loop().create_task(self._replay_journal())
+        self._clock_task = asyncio.get_running_loop().create_task(self.engine.keep_clock())
         # --- budget alerts: the checker task (alert_interval_s <= 0 turns it off) ---
         if self.settings.alert_interval_s > 0:
             self._alert_task = asyncio.get_running_loop().create_task(
@@ -149,6 +151,7 @@ class Runtime:
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replayer
+        await stop_task(self._clock_task)
         # --- budget alerts: stop the checker ---
         await stop_task(self._alert_task)
         self._alert_task = None

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tests.redis_servers import RedisServer, free_port
-from tests.upstream import RecordingUpstream
+from tests.upstream import DuplexUpstream, RecordingUpstream
 
 GATEWAY = [sys.executable, "-m", "gateway"]
 TOKEN = "serve-test-token"
@@ -249,3 +249,36 @@ def test_gateway_demo_prints_working_keys() -> None:
     finally:
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=20) == 0
+
+
+async def test_an_upload_stays_whole_while_the_upstream_streams_its_answer(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """A real gateway process between a raw client and an upstream that answers while it
+    reads: every byte of the upload arrives (the in-process twin could not show the race
+    where a second receive() took body parts away)."""
+    duplex = DuplexUpstream()
+    url = await duplex.start()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES.format(upstream=url, units=1))
+    s = serve(rules, {"GATEWAY_REDIS_URL": redis_server.url})
+    try:
+        async with httpx.AsyncClient() as admin:
+            key = (await admin.post(s.admin_url + "/admin/keys", json={"user": "dup"},
+                                    headers={"Authorization": f"Bearer {TOKEN}"})).json()["key"]
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+            writer.write((f"POST /api/duplex HTTP/1.1\r\nHost: g\r\nX-Api-Key: {key}\r\n"
+                          "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                          ).encode())
+            for i in range(200):  # one segment each, as a client streaming an upload
+                writer.write(b"%x\r\n%s\r\n" % (1000, b"%04d" % i * 250))
+                await writer.drain()
+                await asyncio.sleep(0)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            response = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert response.startswith(b"HTTP/1.1 200") and b"got 200000" in response
+        assert duplex.received == [200_000] * 3
+    finally:
+        assert s.stop() == 0

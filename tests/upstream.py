@@ -231,3 +231,38 @@ class RecordingUpstream:
                     await asyncio.sleep(delay)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+
+
+class DuplexUpstream:
+    """Answers at once (chunked), echoes the request body as it reads it, then tells how
+    much it got: an upstream that streams while the client still uploads."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(b"5\r\nstart\r\n")
+        await writer.drain()
+        total = 0
+        while True:  # the request body, chunked
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                break
+            data = await reader.readexactly(size)
+            total += len(data)
+            await reader.readexactly(2)
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data))  # echoed as it is read
+            await writer.drain()
+        self.received.append(total)
+        msg = b"got %d" % total
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(msg), msg))
+        await writer.drain()
+        writer.close()

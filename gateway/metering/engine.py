@@ -7,19 +7,22 @@ straight to their own budget.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.caller import Caller
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, StoreUnavailable
 from gateway.metering.accounts import Account
 from gateway.metering.plans import BUCKETS, PlanTables, key_window_spec
 from gateway.metering.scripts import Scripts
 from gateway.metering.verdict import (
     ADMIT,
     DUPLICATE,
+    EXPIRED,
     NO_PLAN,
     PASSED,
     REUSED,
@@ -32,7 +35,14 @@ from gateway.store import Store
 if TYPE_CHECKING:
     from gateway.rules import Rules
 
+log = logging.getLogger("gateway.metering")
+
 NO_PLAN_TTL_S = 5.0   # a workspace that gets a plan is charged first within this
+# A debit Redis runs this long after the gateway's deadline for it changes nothing: the
+# caller was answered 503 by then. (Generous: it also absorbs an error in the clock
+# offset.)
+LATE_AFTER_DEADLINE_MS = 1000
+CLOCK_SYNC_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +69,36 @@ class MeteringEngine:
         self._no_plan: dict[str, float] = {}
         self._keys: dict[Account, list[str]] = {}
         self._observe = observe_store or (lambda op, s, ok: None)
+        self.redis_offset_ms: float | None = None  # Redis' clock minus ours, once known
 
     def _now_arg(self) -> str:
         return str(self.clock_ms()) if self.clock_ms is not None else ""
+
+    def _not_after(self) -> str:
+        """The Redis time after which this debit must do nothing (see debit.lua)."""
+        if self.redis_offset_ms is None:
+            return ""
+        return str(int(time.time() * 1000 + self.redis_offset_ms
+                       + self.store.deadline_s * 1000 + LATE_AFTER_DEADLINE_MS))
+
+    async def sync_clock(self) -> None:
+        """Measure Redis' clock against ours (TIME, halfway through the round trip)."""
+        t0 = time.time()
+        reply = await self.store.read(lambda: self.store.client.time())
+        t1 = time.time()
+        if isinstance(reply, dict):  # a Cluster answers per node
+            reply = next(iter(reply.values()))
+        seconds, micros = reply
+        self.redis_offset_ms = int(seconds) * 1000 + int(micros) / 1000 - (t0 + t1) * 500
+
+    async def keep_clock(self) -> None:
+        """Keep the clock offset fresh (a task of the running gateway)."""
+        while True:
+            try:
+                await self.sync_clock()
+            except Exception as exc:  # the store is down: keep the last offset
+                log.warning("could not read Redis' clock: %s", exc)
+            await asyncio.sleep(CLOCK_SYNC_S)
 
     async def _run(self, op: str, script: Any, keys: list[str], args: list[Any]) -> Any:
         t0 = time.perf_counter()
@@ -117,9 +154,11 @@ class MeteringEngine:
                 key_windows, BUCKETS, rid, route, caller.key_id or "", caller.user,
                 int(caller.test), int(enforce), inactive, f"k:{caller.key_id}:",
                 int(replay), self.usage_retention_ms, fingerprint, int(followed and bool(rid)),
-                request_id, int(settles),
+                request_id, int(settles), "" if replay else self._not_after(),
             ])
             leg = Leg.parse(account, reply)
+            if leg.verdict == EXPIRED:  # (its caller has been answered 503 already)
+                raise StoreUnavailable("the store answered after the deadline")
             if leg.verdict == NO_PLAN:
                 if account.scope == "workspace":
                     self._no_plan[account.id] = time.monotonic() + NO_PLAN_TTL_S

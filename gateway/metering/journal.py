@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from gateway.caller import Caller
+from gateway.config import SettingsError
 from gateway.errors import StoreUnavailable
 from gateway.metering.engine import MeteringEngine
 from gateway.metering.plans import PlanTables
@@ -50,6 +51,13 @@ class Journal:
     def __init__(self, path: str | None) -> None:
         self.path = Path(path) if path else None
         self.entries: list[JournalEntry] = []
+        if self.path is not None:
+            try:  # found out at start-up, not when Redis is down and it is needed
+                with self.path.open("ab"):
+                    pass
+            except OSError as exc:
+                raise SettingsError(f"GATEWAY_JOURNAL_PATH {self.path}: cannot write it "
+                                    f"({exc.strerror or exc})") from None
         if self.path is not None and self.path.exists():
             for line in self.path.read_bytes().splitlines():
                 try:
@@ -62,10 +70,18 @@ class Journal:
                             len(self.entries))
 
     def record(self, entry: JournalEntry) -> None:
-        self.entries.append(entry)
+        """Keep a fail-open request's usage: on disk first, so what is replayed is only
+        what was kept. A journal that cannot be written fails the request closed (503):
+        it is neither served nor charged later."""
         if self.path is not None:
-            with self.path.open("ab") as f:
-                f.write(orjson.dumps(dataclasses.asdict(entry)) + b"\n")
+            try:
+                with self.path.open("ab") as f:
+                    f.write(orjson.dumps(dataclasses.asdict(entry)) + b"\n")
+            except OSError as exc:
+                log.error("cannot write the journal %s: %s", self.path, exc)
+                raise StoreUnavailable("the store is down and the journal cannot be "
+                                       "written") from exc
+        self.entries.append(entry)
 
     def __len__(self) -> int:
         return len(self.entries)

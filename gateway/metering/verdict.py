@@ -14,7 +14,7 @@ from typing import Any
 from gateway.errors import GatewayError
 from gateway.metering.accounts import Account
 
-ADMIT, DENY, NO_PLAN, DUPLICATE, PASSED, REUSED = 1, 0, 2, 3, 4, 5
+ADMIT, DENY, NO_PLAN, DUPLICATE, PASSED, REUSED, EXPIRED = 1, 0, 2, 3, 4, 5, 6
 
 # Most specific first: when every account refuses for money, the client is told the
 # reason that is most actionable.

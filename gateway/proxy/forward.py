@@ -156,7 +156,7 @@ async def forward(
         ) from exc
     outcome.upstream_status = response.status_code
     try:
-        await _relay(response, receive, send, outcome, extra_headers, observer)
+        await _relay(response, receive, send, outcome, extra_headers, observer, body)
     finally:
         await response.aclose()
     return outcome
@@ -169,6 +169,7 @@ async def _relay(
     outcome: Outcome,
     extra_headers: list[tuple[bytes, bytes]] | None,
     observer: ResponseObserver | None,
+    body: _ClientBody | None = None,
 ) -> None:
     raw = response.headers.raw
     out_headers = response_headers(raw)
@@ -183,7 +184,10 @@ async def _relay(
     chunks = response.aiter_raw()
     try:
         while True:
-            if watcher is None and outcome.bytes_out and (
+            # Only once the request body is all read: until then its reader owns
+            # receive() (and sees a departure itself); a second reader would take body
+            # parts away from the upload.
+            if watcher is None and outcome.bytes_out and (body is None or body.done) and (
                 expected is None or outcome.bytes_out < expected
             ):
                 # More body to wait for: from now on notice a client that leaves, or an

@@ -20,6 +20,10 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
     b"trailer", b"transfer-encoding", b"upgrade", b"proxy-connection",
 })
+# Answered at this hop: the server sends the client its 100 Continue when the body is
+# read; passed on, it made the upstream client wait for a 100 that an upstream may
+# never send.
+REQUEST_ONLY_HOP = frozenset({b"expect"})
 FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 # Other claims about the client hop: passed on only from a trusted peer.
 CLAIMED = frozenset({b"forwarded", b"x-real-ip"})
@@ -72,7 +76,8 @@ def request_headers(
     via: list[bytes] = []
     for name, value in headers:
         if (
-            name in HOP_BY_HOP or name in listed or name == b"host" or name in FORWARDING
+            name in HOP_BY_HOP or name in REQUEST_ONLY_HOP or name in listed or name == b"host"
+            or name in FORWARDING
             or name in IDENTITY_OUT or (name in CLAIMED and not fwd.trusted)
             or (name == b"x-request-id" and request_id is not None)
         ):

@@ -44,8 +44,8 @@ class Driver:
 
     async def debit_reply(self, account: Account, units: int, now: int | None, rid: str = "",
                           route: str = "/api/", enforce: bool = True, key_windows: str = "",
-                          test: bool = False, inactive: str = "fallback", opens: bool = False
-                          ) -> Any:
+                          test: bool = False, inactive: str = "fallback", opens: bool = False,
+                          not_after: str = "") -> Any:
         key = "key-test" if test else "key1"
         return await self.debit_script(keys=[
             account.config_key, account.windows_key, account.credits_key,
@@ -55,7 +55,7 @@ class Driver:
             "" if now is None else str(now), units, self.meter, self.pico, self.table,
             self.default_plan, key_windows, BUCKETS, rid, route, key, account.id, int(test),
             int(enforce), inactive, f"k:{key}:", 0, self.retention_ms,
-            f"GET {route} {self.meter} {units}", 0, rid or "-", int(opens),
+            f"GET {route} {self.meter} {units}", 0, rid or "-", int(opens), not_after,
         ])
 
     async def settle(self, leg: Leg, units: int, actual: int, rid: str, now: int | None,

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
+from gateway.config import SettingsError
+from gateway.errors import StoreUnavailable
 from gateway.metering.accounts import Account
-from gateway.metering.journal import Journal
+from gateway.metering.journal import Journal, JournalEntry
 from tests.gateway_harness import RunningGateway, client, running_gateway
 from tests.redis_servers import start_redis
 from tests.upstream import RecordingUpstream
@@ -89,7 +92,6 @@ async def test_replay_is_idempotent_and_books_what_no_pool_can_pay(
     async with running_gateway(rules, url, journal_path=str(journal_file),
                                journal_replay_interval_s=3600) as gw:
         await gw.runtime.ledger.set_plan(gw.runtime.rules, USER, "tiny")  # quota 25
-        from gateway.metering.journal import JournalEntry
 
         entries = [JournalEntry(rid=f"r{i}", user="jo", workspace=None, key_id="k", test=False,
                                 meter="fcu", units=10, route="/api/", ts_ms=0)
@@ -144,3 +146,23 @@ async def test_store_failure_closed_refuses_with_503(upstream: RecordingUpstream
             assert len(gw.runtime.journal) == 0
     finally:
         server.stop()
+
+
+def test_an_unwritable_journal_is_refused_at_start_up(tmp_path: Path) -> None:
+    # A directory where the file should be: unwritable for anyone, root included.
+    target = tmp_path / "journal.jsonl"
+    target.mkdir()
+    with pytest.raises(SettingsError, match="GATEWAY_JOURNAL_PATH"):
+        Journal(str(target))
+
+
+def test_a_request_the_journal_cannot_keep_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(str(path))
+    path.unlink()
+    path.mkdir()  # now unwritable as a file
+    entry = JournalEntry(rid="r", user="u", workspace=None, key_id=None, test=False,
+                         meter="fcu", units=1, route="/", ts_ms=1)
+    with pytest.raises(StoreUnavailable):
+        journal.record(entry)
+    assert len(journal) == 0  # nothing to replay: it was not served

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import signal
+import time
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from gateway.caller import Caller
+from gateway.errors import StoreUnavailable
 from gateway.metering.accounts import Account
+from gateway.metering.engine import MeteringEngine
+from gateway.metering.plans import PlanTables
+from gateway.rules import parse_rules
 from gateway.store import Store, open_store
 from tests.metering.script_driver import Driver, plan_table
+from tests.redis_servers import start_redis
 
 T0 = 1_795_000_000_000  # 2026-11-18 UTC
 BIG = "1000000:60000:*"
@@ -316,3 +325,57 @@ def test_prices_are_exact_however_large(store_url: str | None, units: int, pico:
         await store.close()
 
     asyncio.run(scenario())
+
+
+async def test_a_debit_redis_runs_after_its_deadline_changes_nothing(store: Store) -> None:
+    d = Driver(store, TABLE, default_plan="payg")
+    now_real = int(time.time() * 1000)
+    late = await d.debit_reply(USER, 5, T0, not_after=str(now_real - 1))
+    assert late[0] == 6
+    assert await d.period_field(USER, "2026-11", "u:fcu") == 0
+    assert await store.client.xlen(USER.usage_stream) == 0
+    on_time = await d.debit_reply(USER, 5, T0, not_after=str(now_real + 60_000))
+    assert on_time[0] == 1
+
+
+async def test_a_stalled_redis_does_not_charge_the_requests_it_missed() -> None:
+    """Redis stops (SIGSTOP) while a debit is on its way: the caller gets
+    STORE_UNAVAILABLE at the deadline, and when Redis resumes and runs the queued script,
+    it is too late to charge anything (ARGV not_after)."""
+    server = start_redis()
+    store = open_store(server.url, deadline_s=0.2)
+    try:
+        rules = parse_rules(RULES_FOR_ENGINE, filename="r.yaml")
+        tables = PlanTables.build(rules)
+        engine = MeteringEngine(store)
+        await engine.sync_clock()
+        caller = Caller(user="stall", workspace=None, key_id="k1")
+        ok = await engine.admit(rules, tables, caller, meter="fcu", units=3, route="/",
+                                request_id="r0", idempotent=False, enforce=True)
+        assert ok.admitted
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreUnavailable):
+                await engine.admit(rules, tables, caller, meter="fcu", units=50, route="/",
+                                   request_id="r1", idempotent=False, enforce=True)
+            await asyncio.sleep(1.5)   # past the deadline and its grace
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.3)
+        account = Account("user", "stall")
+        entries = await store.client.xrange(account.usage_stream)
+        assert [int(f[b"units"]) for _, f in entries] == [3]
+    finally:
+        await store.close()
+        server.stop()
+
+
+RULES_FOR_ENGINE = """
+version: 1
+upstreams: {main: {url: "http://127.0.0.1:9", timeout: 5s}}
+routes: [{prefix: /, upstream: main}]
+meters: {fcu: {usd_per_unit: 0.000002}}
+weights: {default: {meter: fcu, units: 1}}
+plans: {big: {throughput: [{limit: 1000000, window: 60s}], quota: {fcu: 1000000}}}
+defaults: {user_plan: big}
+"""

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tests.gateway_harness import BASE_RULES, RunningGateway, client, running_gateway
-from tests.upstream import GZIP_BODY, RecordingUpstream
+from tests.upstream import GZIP_BODY, DuplexUpstream, RecordingUpstream
 
 
 @pytest.fixture(params=["aiohttp", "httpcore"])
@@ -395,3 +395,49 @@ async def test_a_websocket_upgrade_is_a_problem_json_501(gw: RunningGateway) -> 
         "Sec-WebSocket-Version: 13\r\n\r\n").encode())
     assert resp.startswith(b"HTTP/1.1 501")
     assert b"application/problem+json" in resp and b'"UPGRADE_NOT_SUPPORTED"' in resp
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpcore"])
+async def test_an_upload_is_whole_while_the_upstream_already_answers(transport: str) -> None:
+    duplex = DuplexUpstream()
+    url = await duplex.start()
+    rules = BASE_RULES.format(upstream=url, timeout="5s")
+    async with running_gateway(rules, upstream_transport=transport) as gw:
+        key = await gw.new_key()
+
+        async def upload(pause: float) -> AsyncIterator[bytes]:
+            for i in range(200):
+                if pause and i % 20 == 0:
+                    await asyncio.sleep(pause)
+                yield b"u" * 1000
+
+        async with client(gw.url) as c:
+            for pause in (0.0, 0.001, 0.01):
+                r = await c.post("/api/duplex", content=upload(pause),
+                                 headers={"X-Api-Key": key})
+                assert r.status_code == 200
+                # (the proxy frames the body in chunks of its own: count bytes, not dots)
+                assert r.content.startswith(b"start"), pause
+                assert r.content.endswith(b"got 200000"), (pause, r.content[-20:])
+    assert duplex.received == [200_000] * 3
+
+
+async def test_expect_100_continue_is_answered_here_not_passed_on(
+    gw: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    """The upstream never sends a 100 (it need not): the gateway does, reads the body
+    and sends it on without an Expect that would make the upstream client wait."""
+    key = await gw.new_key()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.gateway.port())
+    writer.write((f"POST /api/upload HTTP/1.1\r\nHost: g\r\nX-Api-Key: {key}\r\n"
+                  "Content-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+                  ).encode())
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim.startswith(b"HTTP/1.1 100")
+    writer.write(b"hello")
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(1 << 16), 5)
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 200") and b'"bytes":5' in response
+    assert upstream.requests[-1].header("expect") is None

@@ -25,11 +25,13 @@
 --      21 the request's id in the usage record (a settlement's record names it too)
 --      22 1 when a settlement will follow (a reserve): the record says so ('open'), and
 --         the reporter bills it together with its settlement
+--      23 not after (Redis ms, "" = no limit): a call Redis runs later than this (it was
+--         stalled, the gateway gave up and answered 503) changes nothing
 --
 -- Reply (flat array, see gateway/metering/verdict.py):
 --  1 verdict 1 admit, 0 deny, 2 no plan (try the next account), 3 duplicate request id,
 --    4 this account refused this request id before (try the next account),
---    5 the request id was used for another request
+--    5 the request id was used for another request, 6 too late (ARGV 23): nothing done
 --  2 code    3 throughput_ok  4 retry_after_ms  5 limit  6 remaining  7 reset_ms
 --  8 window_ms  9 quota units  10 credit units  11 credit micro  12 overage units
 --  13 overage micro  14 grace units  15 quota remaining  16 period  17 now_ms  18 plan
@@ -53,6 +55,15 @@ local enforce = ARGV[14] == '1'
 local function other(verdict, code)
   return {verdict, code, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '', now, '', 1, 'account', 0,
     '', 1, -1}
+end
+
+if ARGV[23] ~= '' then
+  local real = now
+  if ARGV[1] ~= '' then
+    local t = redis.call('TIME')
+    real = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  if real > tonumber(ARGV[23]) then return other(6, 'EXPIRED') end
 end
 
 -- A repeated request id returns the first result and charges nothing more; the id must

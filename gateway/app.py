@@ -88,11 +88,16 @@ class GatewayApp:
             entry.update(user=caller.user, workspace=caller.workspace, key=caller.key_id,
                          client=client.ip)
             weight = routing.rules.weigh(method, path)
+            # What a client's request id names: method, path and query (and the cost).
+            query = scope.get("query_string", b"")
             charge = Charge(self.runtime.engine, self.metrics, routing.rules, routing.tables,
-                            caller, weight, route_name, request_id, f"{method} {path}")
+                            caller, weight, route_name, request_id,
+                            f"{method} {path}?{query.decode('latin-1')}" if query
+                            else f"{method} {path}")
             entry.update(meter=weight.meter.name, units=charge.units)
             extra = [(b"x-request-id", request_id.encode())]
-            if charge.units > 0:
+            # Free unless it costs units or settles to what it used (reserve 0 + settle).
+            if charge.units > 0 or weight.settle is not None:
                 decision = await self._admit(charge, routing, client_request_id)
                 if not decision.admitted and decision.error is not None:
                     raise decision.error
@@ -104,7 +109,8 @@ class GatewayApp:
             fwd = _forwarding(client.trusted_peer, scope, headers)
             upstream_headers = request_headers(
                 headers, routing.header_policies[route.upstream.name], fwd,
-                caller.identity_headers(), request_id.encode())
+                caller.identity_headers(), request_id.encode(),
+                plain_response=weight.reads_body)
             t0 = time.perf_counter()
             # Whatever happens, the charge is closed once: refunded, settled or kept.
             try:

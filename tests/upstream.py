@@ -162,11 +162,17 @@ class RecordingUpstream:
                 writer.write(piece)
                 sent += len(piece)
                 await writer.drain()
-        elif path == "/usage":
-            await self._send(writer, 200, orjson.dumps({
-                "model": q.get("model", "m-small"),
-                "usage": {"total_tokens": int(q.get("tokens", "0"))}}),
-                extra=b"x-units: %d\r\n" % int(q.get("units", "0")))
+        elif path in ("/usage", "/zero"):
+            body = orjson.dumps({"model": q.get("model", "m-small"),
+                                 "usage": {"total_tokens": int(q.get("tokens", "0"))}})
+            extra = b"x-units: %d\r\n" % int(q.get("units", "0"))
+            # ?gz=1: compress when the client accepts it, like most servers (?gz=force:
+            # whatever it accepts)
+            if q.get("gz") == "force" or (q.get("gz") and "gzip" in (
+                    rec.header("accept-encoding") or "")):
+                body = gzip.compress(body)
+                extra += b"content-encoding: gzip\r\n"
+            await self._send(writer, 200, body, extra=extra)
         elif path == "/sse-usage":
             await self._stream_usage(writer, int(q.get("n", "3")), int(q.get("tokens", "0")),
                                      float(q.get("ms", "0")) / 1000)

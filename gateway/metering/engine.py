@@ -25,6 +25,7 @@ from gateway.metering.verdict import (
     EXPIRED,
     NO_PLAN,
     PASSED,
+    REPLAYED,
     REUSED,
     Decision,
     Leg,
@@ -144,11 +145,12 @@ class MeteringEngine:
         pico = rules.meters[meter].pico_usd_per_unit
         inactive = rules.billing.inactive if rules.billing else "fallback"
         rid = request_id if idempotent else ""
+        marked: Account | None = None  # an account that remembered refusing this id
         for i, (account, default_plan) in enumerate(accounts):
             followed = i < len(accounts) - 1
             keys = self._debit_keys(account)
-            if rid:  # KEYS[5]: this request's id record
-                keys = [*keys[:4], account.request_key(rid), *keys[5:]]
+            if rid:  # KEYS[5]: this request's id record, in the caller's own namespace
+                keys = [*keys[:4], account.request_key(id_record(caller, rid)), *keys[5:]]
             reply = await self._run("debit", self.scripts.debit, keys, [
                 self._now_arg(), units, meter, pico, tables.by_meter[meter], default_plan,
                 key_windows, BUCKETS, rid, route, caller.key_id or "", caller.user,
@@ -170,14 +172,23 @@ class MeteringEngine:
                 return Decision(admitted=False, units=units, error=GatewayError(
                     "REQUEST_ID_REUSED", f"X-Request-Id {request_id} was already used for "
                     "another request; send a new id for a new request"))
+            if leg.verdict == REPLAYED:
+                return Decision(admitted=False, units=units, error=GatewayError(
+                    "REQUEST_ID_REUSED", f"X-Request-Id {request_id} was retried too often; "
+                    "a new request needs a new id"))
             if leg.verdict in (ADMIT, DUPLICATE):
                 return Decision(admitted=True, units=units, leg=leg,
                                 charged=leg.verdict == ADMIT, legs=[*legs, leg])
             if not leg.enforce:
+                # Shadow mode decides here: proxy, charge nobody (not the next account
+                # either), and count what it would have refused.
                 if not leg.code:
-                    # Shadow mode and this account would admit: proxy, charge nothing.
                     return Decision(admitted=True, units=units, leg=leg, legs=[*legs, leg])
                 shadow = True
+                legs.append(leg)
+                break
+            if rid and followed:
+                marked = account  # debit.lua remembered refusing it (ARGV 20)
             legs.append(leg)
         if not legs:
             # Nobody has a plan and there is no default plan: nothing to charge.
@@ -189,6 +200,11 @@ class MeteringEngine:
             # A shadow plan refused: count what it would have done, never block on it.
             return Decision(admitted=True, units=units, leg=legs[-1], legs=legs,
                             shadow_code=error.code)
+        if marked is not None:
+            # Nobody paid: the mark would send a retry past an account that may admit it
+            # by then. Only a refusal followed by another account's payment keeps it.
+            await self.store.call(self.store.client.delete(
+                marked.request_key(id_record(caller, rid))))
         return Decision(admitted=False, units=units, legs=legs, error=error)
 
     def _debit_keys(self, account: Account) -> list[str]:
@@ -237,7 +253,8 @@ class MeteringEngine:
         reply = await self._run("settle", self.scripts.settle, [
             account.credits_key, account.usage_stream, account.period_key(leg.period),
             account.settled_key(leg.debit_id or request_id), account.day_prefix,
-            account.config_key, account.windows_key, account.request_key(request_id),
+            account.config_key, account.windows_key,
+            account.request_key(id_record(caller, request_id)),
         ], [
             self._now_arg(), meter, rules.meters[meter].pico_usd_per_unit, decision.units,
             leg.quota_units, leg.credit_units, leg.credit_micro, leg.overage_units,
@@ -254,6 +271,12 @@ class MeteringEngine:
                  "overage": int(reply[4]), "grace": int(reply[6])}
         return Settled(int(reply[0]), {pool: after[pool] - before[pool] for pool in before
                                        if after[pool] != before[pool]})
+
+
+def id_record(caller: Caller, request_id: str) -> str:
+    """A client's request id in its own namespace: users of one workspace number their
+    requests independently ('|' occurs in neither user ids nor request ids)."""
+    return f"{caller.user}|{request_id}"
 
 
 def _own_key_windows(caller: Caller) -> str:

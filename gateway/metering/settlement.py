@@ -12,6 +12,7 @@ to the client untouched; a larger body settles at the reserve.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import orjson
@@ -69,6 +70,10 @@ class UsageObserver:
         self._model_needle = (b'"' + model_path[-1].encode() + b'"') if model_path else None
         self._sse = False
         self._carry = b""
+        # A body compressed anyway (the upstream was not asked to): gzip and deflate are
+        # read through a decompressor, bounded like the body itself; others are not read.
+        self._inflate: Any = None
+        self._unreadable = False
         self._body: bytearray | None = None
         self.actual: int | None = None
         self.model: str | None = None
@@ -82,10 +87,26 @@ class UsageObserver:
                 self.actual = _units(value)
             elif lname == b"content-type":
                 self._sse = value.split(b";")[0].strip().lower() == b"text/event-stream"
+            elif lname == b"content-encoding":
+                coding = value.strip().lower()
+                if coding in (b"gzip", b"x-gzip"):
+                    self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                elif coding == b"deflate":
+                    self._inflate = zlib.decompressobj()
+                elif coding not in (b"", b"identity"):
+                    self._unreadable = True
         if not self._sse and (self._json_path or self._model_path):
             self._body = bytearray()
 
     def on_chunk(self, chunk: bytes) -> None:
+        if self._unreadable:
+            return
+        if self._inflate is not None:
+            try:
+                chunk = self._inflate.decompress(chunk, MAX_JSON_BYTES)
+            except zlib.error:
+                self._unreadable = True
+                return
         if self._sse:
             self._scan_events(chunk)
         elif self._body is not None:

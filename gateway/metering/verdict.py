@@ -13,8 +13,9 @@ from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.metering.accounts import Account
+from gateway.money import micro_to_usd
 
-ADMIT, DENY, NO_PLAN, DUPLICATE, PASSED, REUSED, EXPIRED = 1, 0, 2, 3, 4, 5, 6
+ADMIT, DENY, NO_PLAN, DUPLICATE, PASSED, REUSED, EXPIRED, REPLAYED = 1, 0, 2, 3, 4, 5, 6, 7
 
 # Most specific first: when every account refuses for money, the client is told the
 # reason that is most actionable.
@@ -55,15 +56,19 @@ class Leg:
     debit_id: str       # the debit's usage-record id ("" when nothing was recorded)
     enforce: bool       # False: the plan (or the request) is in shadow mode
     quota_total: int    # the plan's quota for the meter (-1: none)
+    cap_micro: int      # the account's budget cap (-1: none)
+    spend_micro: int    # its spend this period
 
     @classmethod
     def parse(cls, account: Account, reply: list[Any]) -> Leg:
         n = reply
+        # (A first reply stored for a request id may predate the last two fields.)
         return cls(account, int(n[0]), _s(n[1]), bool(int(n[2])), int(n[3]), int(n[4]),
                    int(n[5]), int(n[6]), int(n[7]), int(n[8]), int(n[9]), int(n[10]),
                    int(n[11]), int(n[12]), int(n[13]), int(n[14]), _s(n[15]), int(n[16]),
                    _s(n[17]), bool(int(n[18])), _s(n[19]), int(n[20]), _s(n[21]),
-                   bool(int(n[22])), int(n[23]))
+                   bool(int(n[22])), int(n[23]), int(n[24]) if len(n) > 24 else -1,
+                   int(n[25]) if len(n) > 25 else 0)
 
     @property
     def only_throughput(self) -> bool:
@@ -126,14 +131,23 @@ def refuse(legs: list[Leg], upgrade_url: str | None, top_up_url: str | None) -> 
     for code in MONEY_CODES:
         for leg in reversed(legs):  # the user's leg (the last resort) speaks first
             if leg.code == code:
-                # A quota comes back with the next period: say when.
-                reset = (max(0, math.ceil((leg.period_end_ms - leg.now_ms) / 1000))
-                         if code in ("QUOTA_EXHAUSTED", "BUDGET_HARD_CAP_HIT")
-                         and leg.period_end_ms else None)
+                # A quota (or a cap) comes back with the next period: say when, if known
+                # (a subscription's ended period goes on until its renewal is paid).
+                left_s = math.ceil((leg.period_end_ms - leg.now_ms) / 1000)
+                reset = (left_s if code in ("QUOTA_EXHAUSTED", "BUDGET_HARD_CAP_HIT")
+                         and leg.period_end_ms and left_s > 0 else None)
+                if code == "BUDGET_HARD_CAP_HIT":  # the cap's figures, not the quota's
+                    limits: dict[str, Any] = {
+                        "limit_usd": micro_to_usd(leg.cap_micro) if leg.cap_micro >= 0
+                        else None,
+                        "remaining_usd": micro_to_usd(max(leg.cap_micro - leg.spend_micro, 0))
+                        if leg.cap_micro >= 0 else None}
+                else:
+                    limits = {"limit": leg.quota_total if leg.quota_total >= 0 else None,
+                              "remaining": leg.quota_remaining}
                 return GatewayError(
-                    code, _money_detail(leg), scope=_scope(leg),
-                    limit=leg.quota_total if leg.quota_total >= 0 else None,
-                    remaining=leg.quota_remaining, period=leg.period, reset=reset,
+                    code, _money_detail(leg), scope=_scope(leg), period=leg.period,
+                    reset=reset, **limits,
                     top_up_url=top_up_url if code != "SUBSCRIPTION_INACTIVE" else None,
                     upgrade_url=upgrade_url)
     leg = legs[-1]

@@ -68,9 +68,15 @@ def request_headers(
     fwd: Forwarding,
     identity: Iterable[tuple[bytes, bytes]] = (),
     request_id: bytes | None = None,
+    plain_response: bool = False,
 ) -> list[tuple[bytes, bytes]]:
     """Headers to send upstream for a client request; `request_id` replaces whatever
-    X-Request-Id the client sent (it is the client's own when that one was valid)."""
+    X-Request-Id the client sent (it is the client's own when that one was valid).
+
+    `plain_response`: the gateway reads the response (usage to settle on, the model), so
+    the client's Accept-Encoding is not passed on and the upstream answers uncompressed
+    (always acceptable to the client); a compressed body cannot be read as it streams.
+    """
     listed = connection_listed(headers)
     out: list[tuple[bytes, bytes]] = [(b"host", policy.host)]
     via: list[bytes] = []
@@ -80,6 +86,7 @@ def request_headers(
             or name in FORWARDING
             or name in IDENTITY_OUT or (name in CLAIMED and not fwd.trusted)
             or (name == b"x-request-id" and request_id is not None)
+            or (plain_response and name == b"accept-encoding")
         ):
             continue
         # The gateway's key stays here (parsed as the gateway parses it, so no spelling

@@ -94,6 +94,13 @@ class Weight:
     source: str  # "weights.rules[2]" or "weights.default"
     index: int | None
 
+    @property
+    def reads_body(self) -> bool:
+        """Whether the response body is read for the cost or the model (then it is asked
+        for without compression: see gateway/proxy/headers.py)."""
+        return bool((self.settle and self.settle.json_path)
+                    or (self.model and self.model.json_path))
+
 
 @dataclass(frozen=True, slots=True)
 class WeightRule:

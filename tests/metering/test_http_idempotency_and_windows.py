@@ -190,3 +190,122 @@ async def test_a_plan_removed_from_the_rules_falls_back_to_the_default(
         me = (await c.get("/usage/me", headers={"X-Api-Key": key})).json()
     assert r.status_code == 200
     assert me["plan"] == "free"
+
+
+STATUS_RULE = "    - {{path: /api/status/*, units: 5}}"
+RULES_MORE = RULES.replace(STATUS_RULE, STATUS_RULE + '''
+    - {{path: /api/zero, meter: tokens, reserve: 0, settle: {{header: X-Units}}}}''')
+
+
+@pytest.fixture
+async def gw2(store_url: str | None, upstream: RecordingUpstream
+              ) -> AsyncIterator[RunningGateway]:
+    async with running_gateway(RULES_MORE.format(upstream=upstream.url), store_url) as g:
+        yield g
+
+
+async def test_a_request_id_is_no_free_pass(gw: RunningGateway,
+                                            upstream: RecordingUpstream) -> None:
+    """Another query is another request; a repeat counts in the windows; an id serves a
+    few retries, not an unlimited stream of work."""
+    key = await gw.new_key(user="ivy")
+    async with client(gw.url) as c:
+        first = await c.post("/api/light?job=1", headers=rid("op-9", key))
+        other = await c.post("/api/light?job=2", headers=rid("op-9", key))
+        repeats = [(await c.post("/api/light?job=1", headers=rid("op-9", key))).status_code
+                   for _ in range(4)]
+        me = (await c.get("/usage/me", headers={"X-Api-Key": key})).json()
+    assert (first.status_code, other.status_code) == (200, 409)
+    assert repeats == [200, 200, 200, 409]          # three retries, then refused
+    assert await units_of(gw, "user", "ivy", "fcu") == 2
+    fcu = next(g for g in me["gauges"]["user"] if g["meter"] == "fcu")
+    assert fcu["used"] == 8                         # 1 + 3 repeats, 2 units each, in the window
+
+
+async def test_request_ids_are_each_users_own(gw: RunningGateway) -> None:
+    rt = gw.runtime
+    await rt.ledger.set_plan(rt.rules, Account("workspace", "team1"), "team")
+    alice = await gw.new_key(user="alice", workspace="team1")
+    bob = await gw.new_key(user="bob", workspace="team1")
+    async with client(gw.url) as c:
+        a = await c.post("/api/light", headers=rid("1", alice))
+        b = await c.post("/api/light", headers=rid("1", bob))
+        a2 = await c.post("/api/light?x", headers=rid("2", alice))
+        b2 = await c.post("/api/light", headers=rid("2", bob))
+    assert [r.status_code for r in (a, b, a2, b2)] == [200, 200, 200, 200]
+    assert await units_of(gw, "workspace", "team1", "fcu") == 8  # four requests
+
+
+async def test_a_refusal_nobody_paid_for_leaves_no_mark(gw: RunningGateway) -> None:
+    """The workspace refused, the user refused too: the retry is a fresh cascade, so the
+    workspace pays once it has room."""
+    rt = gw.runtime
+    key = await gw.new_key(user="joe", workspace="crew")
+    await rt.ledger.set_plan(rt.rules, Account("workspace", "crew"), "team")
+    await rt.ledger.set_plan(rt.rules, Account("user", "joe"), "doomed")  # quota 7
+    async with client(gw.url) as c:
+        assert (await c.post("/api/heavy", headers={"X-Api-Key": key})).status_code == 200
+        refused = await c.post("/api/heavy", headers=rid("op-x", key))  # team full, joe 7
+        assert refused.status_code in (402, 429)
+        await rt.store.client.delete(Account("workspace", "crew").windows_key)
+        retry = await c.post("/api/heavy", headers=rid("op-x", key))
+    assert (retry.status_code, retry.headers["x-gateway-account"]) == (200, "workspace")
+
+
+async def test_a_shadow_workspace_plan_charges_nobody(gw: RunningGateway) -> None:
+    rt = gw.runtime
+    key = await gw.new_key(user="kay", workspace="lab")
+    await rt.ledger.set_plan(rt.rules, Account("workspace", "lab"), "trial")  # shadow
+    async with client(gw.url) as c:
+        codes = [(await c.post("/api/light", headers={"X-Api-Key": key})).status_code
+                 for _ in range(4)]
+    assert codes == [200] * 4
+    assert await units_of(gw, "user", "kay", "fcu") == 0
+    assert await units_of(gw, "workspace", "lab", "fcu") == 0
+
+
+async def test_a_zero_reserve_settles_to_what_was_used(gw2: RunningGateway) -> None:
+    key = await gw2.new_key(user="lou")
+    async with client(gw2.url) as c:
+        for _ in range(3):
+            assert (await c.get("/api/zero?units=900", headers={"X-Api-Key": key})
+                    ).status_code == 200
+    assert await eventually(lambda: units_of(gw2, "user", "lou", "tokens"), 2700) == 2700
+
+
+async def test_a_compressed_answer_still_settles(gw: RunningGateway,
+                                                 upstream: RecordingUpstream) -> None:
+    """The client accepts gzip, as most clients do: the gateway asks the upstream for a
+    plain answer (it reads the usage); one compressed anyway is read through gzip."""
+    key = await gw.new_key(user="max")
+    headers = {"X-Api-Key": key, "Accept-Encoding": "gzip"}
+    async with client(gw.url) as c:
+        plain = await c.post("/api/usage?tokens=37&gz=1", headers=headers)
+        forced = await c.post("/api/usage?tokens=250&gz=force", headers=headers)
+    assert upstream.requests[-2].header("accept-encoding") is None
+    assert plain.status_code == forced.status_code == 200
+    assert forced.headers["content-encoding"] == "gzip"
+    assert await eventually(lambda: units_of(gw, "user", "max", "tokens"), 287) == 287
+
+
+async def test_refusals_report_what_is_left_before_the_request(gw: RunningGateway) -> None:
+    rt = gw.runtime
+    key = await gw.new_key(user="ned")
+    acct = Account("user", "ned")
+    await rt.ledger.set_plan(rt.rules, acct, "doomed")     # quota 7 fcu
+    async with client(gw.url) as c:
+        await c.post("/api/light", headers={"X-Api-Key": key})          # 2 of 7
+        await c.post("/api/light", headers={"X-Api-Key": key})          # 4 of 7
+        r = await c.post("/api/heavy", headers={"X-Api-Key": key})      # 10 > 3 left
+    body = r.json()
+    assert (r.status_code, body["code"], body["limit"], body["remaining"]) == (
+        402, "QUOTA_EXHAUSTED", 7, 3)
+    await rt.ledger.set_plan(rt.rules, acct, "capped")
+    await rt.ledger.set_budget(acct, cap_micro=150, hard_cap=True)
+    async with client(gw.url) as c:
+        await c.post("/api/usage?tokens=100", headers={"X-Api-Key": key})
+        capped = await c.post("/api/usage?tokens=100", headers={"X-Api-Key": key})
+    cb = capped.json()
+    assert (capped.status_code, cb["code"], cb["limit_usd"], cb["remaining_usd"]) == (
+        402, "BUDGET_HARD_CAP_HIT", "0.000150", "0.000050")
+    assert "limit" not in cb and "remaining" not in cb

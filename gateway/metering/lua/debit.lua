@@ -31,13 +31,15 @@
 -- Reply (flat array, see gateway/metering/verdict.py):
 --  1 verdict 1 admit, 0 deny, 2 no plan (try the next account), 3 duplicate request id,
 --    4 this account refused this request id before (try the next account),
---    5 the request id was used for another request, 6 too late (ARGV 23): nothing done
+--    5 the request id was used for another request, 6 too late (ARGV 23): nothing done,
+--    7 the request id was repeated too often
 --  2 code    3 throughput_ok  4 retry_after_ms  5 limit  6 remaining  7 reset_ms
 --  8 window_ms  9 quota units  10 credit units  11 credit micro  12 overage units
 --  13 overage micro  14 grace units  15 quota remaining  16 period  17 now_ms  18 plan
 --  19 money_ok  20 scope of the binding window ("account" | "key")  21 period end ms
 --  22 the debit's usage-record id (names its settlement)  23 enforce (0: shadow)
---  24 the plan's quota for this meter (-1: none)
+--  24 the plan's quota for this meter (-1: none)  25 budget cap, micro-USD (-1: none)
+--  26 spend this period, micro-USD
 
 local acct_key, win_key, credits_key, stream_key, rid_key, period_prefix, day_prefix =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -54,7 +56,7 @@ local enforce = ARGV[14] == '1'
 
 local function other(verdict, code)
   return {verdict, code, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '', now, '', 1, 'account', 0,
-    '', 1, -1}
+    '', 1, -1, -1, 0}
 end
 
 if ARGV[23] ~= '' then
@@ -67,16 +69,21 @@ if ARGV[23] ~= '' then
 end
 
 -- A repeated request id returns the first result and charges nothing more; the id must
--- name the same request (fingerprint), and a refunded first attempt left no record.
+-- name the same request (fingerprint), and a refunded first attempt left no record. A
+-- repeat still counts in the throughput windows (it runs on the upstream again), and an
+-- id serves at most MAX_REPLAYS repeats: a retry, not a free pass.
+local MAX_REPLAYS = 3
+local dup = nil
 if rid ~= '' then
-  local prior = redis.call('HMGET', rid_key, 'reply', 'fp', 'passed')
+  local prior = redis.call('HMGET', rid_key, 'reply', 'fp', 'passed', 'replays')
   if prior[2] and prior[2] ~= ARGV[19] then return other(5, 'REQUEST_ID_REUSED') end
   if prior[1] then
-    local reply = cjson.decode(prior[1])
-    reply[1] = 3
-    return reply
+    if tonumber(prior[4] or '0') >= MAX_REPLAYS then return other(7, 'REQUEST_ID_REUSED') end
+    dup = cjson.decode(prior[1])
+    dup[1] = 3
+  elseif prior[3] then
+    return other(4, 'PASSED')
   end
-  if prior[3] then return other(4, 'PASSED') end
 end
 
 -- Which plan applies: the account's own (if its subscription status admits), else the
@@ -176,6 +183,29 @@ if units > 0 and ARGV[17] ~= '1' then
   if string.find(key_windows, ':', 1, true) then check(key_windows, sp .. ARGV[16], 'key') end
 end
 
+-- (Two windows with the same prefix, the same window twice, add once.)
+local function commit_windows()
+  local written = {}
+  for _, st in ipairs(writes) do
+    if not written[st.prefix] then
+      written[st.prefix] = true
+      window_add(win_key, st, st.cur, units, st.cur_units)
+    end
+  end
+end
+
+if dup then
+  -- A repeat: only the windows (they may refuse it for now), no money.
+  if not throughput_ok or never then
+    return {0, never and 'COST_EXCEEDS_LIMIT' or 'RATE_LIMITED', 0, retry_ms, g_limit,
+      g_remaining, g_reset, g_window, 0, 0, 0, 0, 0, 0, 0, dup[16], now, dup[18], 1, g_scope,
+      dup[21], '', enforce and 1 or 0, -1, -1, 0}
+  end
+  if enforce then commit_windows() end
+  redis.call('HINCRBY', rid_key, 'replays', 1)
+  return dup
+end
+
 -- Money: plan quota -> prepaid credits -> overage (bounded by a hard cap) -> grace.
 local route = ARGV[10]
 local pf = redis.call('HMGET', period_key, sp .. 'q:' .. meter, sp .. 'g:' .. meter, 'spend',
@@ -225,10 +255,14 @@ elseif not throughput_ok then
   code = 'RATE_LIMITED'
 end
 
-local q_remaining = math.max(q_total - q_used - take_q, 0)
+-- What is left of the quota: after this request when it is admitted, as it stands when
+-- it is refused (a refusal takes nothing).
+local q_remaining = math.max(q_total - q_used, 0)
+if code == '' then q_remaining = math.max(q_remaining - take_q, 0) end
 local reply = {0, code, throughput_ok and 1 or 0, retry_ms, g_limit, g_remaining, g_reset,
   g_window, take_q, take_c, cm, take_o, om, take_g, q_remaining, period, now, plan,
-  money_ok and 1 or 0, g_scope, period_end, '', enforce and 1 or 0, quota}
+  money_ok and 1 or 0, g_scope, period_end, '', enforce and 1 or 0, quota,
+  cap or -1, spend}
 if code ~= '' then
   -- A denial writes nothing but, on an account that may be followed by another, the
   -- memory of refusing this request id (see ARGV 20).
@@ -239,14 +273,7 @@ if code ~= '' then
   return reply
 end
 
--- (Two windows with the same prefix, the same window twice, add once.)
-local written = {}
-for _, st in ipairs(writes) do
-  if not written[st.prefix] then
-    written[st.prefix] = true
-    window_add(win_key, st, st.cur, units, st.cur_units)
-  end
-end
+commit_windows()
 -- The window hash's TTL only needs renewing when a new bucket starts (at most once per
 -- bucket width); it outlives the longest window twice over.
 if #writes > 0 and new_bucket then

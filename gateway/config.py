@@ -15,7 +15,8 @@ class SettingsError(ValueError):
     """An environment variable with a value the gateway cannot use."""
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float,
+            positive: bool = False) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -25,6 +26,8 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number, not {raw!r}") from None
     if not math.isfinite(value) or value < 0:
         raise SettingsError(f"{name} must be a finite number >= 0, not {raw!r}")
+    if positive and value == 0:
+        raise SettingsError(f"{name} must be more than 0")
     return value
 
 
@@ -72,10 +75,12 @@ class Settings:
             "redis_url": env.get("GATEWAY_REDIS_URL") or None,
             "admin_token": env.get("GATEWAY_ADMIN_TOKEN") or None,
             "upstream_transport": _transport(env.get("GATEWAY_UPSTREAM_TRANSPORT")),
-            "store_deadline_s": _number(env, "GATEWAY_STORE_DEADLINE_MS", 250) / 1000,
+            "store_deadline_s": _number(env, "GATEWAY_STORE_DEADLINE_MS", 250,
+                                        positive=True) / 1000,
             "key_cache_ttl_s": min(_number(env, "GATEWAY_KEY_CACHE_TTL_S", 2), 5.0),
             "drain_timeout_s": _number(env, "GATEWAY_DRAIN_TIMEOUT_S", 30),
-            "access_log": env.get("GATEWAY_ACCESS_LOG", "1") not in ("0", "false", "no"),
+            "access_log": env.get("GATEWAY_ACCESS_LOG", "1").strip().lower()
+            not in ("0", "false", "no", "off"),
             "journal_path": env.get("GATEWAY_JOURNAL_PATH", "gateway-journal.jsonl"),
             "stripe_api_key": env.get("STRIPE_API_KEY") or None,
             "stripe_webhook_secret": env.get("STRIPE_WEBHOOK_SECRET") or None,

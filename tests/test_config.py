@@ -34,3 +34,26 @@ def test_the_command_line_prints_a_sentence_not_a_traceback(
     assert main(["serve", "--rules", "rules.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "gateway: GATEWAY_ALERT_INTERVAL_S must be a number, not 'soon'"
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("http://x", "unsupported scheme 'http'"), ("redis://:abc", "no host"),
+    ("redis://127.0.0.1:6379/x", "the database must be a number"),
+    ("redis+sentinel://127.0.0.1:26379", "needs a service name")])
+def test_a_store_url_it_cannot_use_is_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str,
+        says: str) -> None:
+    monkeypatch.setenv("GATEWAY_REDIS_URL", url)
+    assert main(["serve", "--rules", "rules.yaml"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gateway: GATEWAY_REDIS_URL") and says in err[0]
+
+
+def test_a_zero_deadline_and_spelled_out_booleans(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_STORE_DEADLINE_MS", "0")
+    with pytest.raises(SettingsError, match="more than 0"):
+        Settings.from_env()
+    monkeypatch.delenv("GATEWAY_STORE_DEADLINE_MS")
+    for off in ("FALSE", "off", " no "):
+        monkeypatch.setenv("GATEWAY_ACCESS_LOG", off)
+        assert Settings.from_env().access_log is False

@@ -176,6 +176,18 @@ class RecordingUpstream:
         elif path == "/sse-usage":
             await self._stream_usage(writer, int(q.get("n", "3")), int(q.get("tokens", "0")),
                                      float(q.get("ms", "0")) / 1000)
+        elif path == "/notmodified":  # legal: a 304 may say the length of what it stands for
+            writer.write(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 1234\r\n"
+                         b"etag: \"v1\"\r\n\r\n")
+            await writer.drain()
+        elif path == "/status600":
+            writer.write(b"HTTP/1.1 600 Beyond\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+        elif path == "/bigheaders":  # one 12 KiB header and 150 more
+            many = b"".join(b"x-h%d: %d\r\n" % (i, i) for i in range(150))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-big: " + b"b" * 12288
+                         + b"\r\n" + many + b"\r\n{}")
+            await writer.drain()
         elif path == "/gzip":
             await self._send(writer, 200, GZIP_BODY, extra=b"content-encoding: gzip\r\n")
         elif path == "/hop":

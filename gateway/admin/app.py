@@ -9,7 +9,6 @@ from __future__ import annotations
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -18,7 +17,8 @@ from gateway.admin.accounts import account_routes
 from gateway.admin.auth import require_admin
 from gateway.admin.economics import economics_routes
 from gateway.admin.keys import key_routes
-from gateway.errors import GatewayError, problem_response
+from gateway.errors import GatewayError
+from gateway.problems import exception_handlers
 from gateway.runtime import Runtime
 
 
@@ -55,21 +55,6 @@ async def reload_rules(request: Request) -> Response:
     return _json({"reloaded": True, "source": runtime.rules.source})
 
 
-async def _gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    return problem_response(exc)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "BAD_REQUEST")
-    return problem_response(GatewayError(code, str(exc.detail), status=exc.status_code))
-
-
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    return problem_response(GatewayError("INTERNAL", "internal error; see the gateway log"))
-
-
 def build_admin_app(runtime: Runtime) -> Starlette:
     routes = [
         Route("/metrics", metrics),
@@ -80,9 +65,7 @@ def build_admin_app(runtime: Runtime) -> Starlette:
         *account_routes(),
         *economics_routes(),
     ]
-    app = Starlette(routes=routes, exception_handlers={
-        GatewayError: _gateway_error, HTTPException: _http_error, Exception: _internal_error,
-    })
+    app = Starlette(routes=routes, exception_handlers=dict(exception_handlers()))
     # No redirect from /admin/keys/ to /admin/keys: a 307 would answer before the
     # token is checked. An unknown path is a plain 404.
     app.router.redirect_slashes = False

@@ -7,13 +7,12 @@ which Stripe signs) and passes it as `scope["gateway.caller"]`.
 from __future__ import annotations
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
 
 from gateway.billing import budget, selfservice, webhooks
 from gateway.caller import Caller
-from gateway.errors import GatewayError, problem_response
+from gateway.errors import GatewayError
+from gateway.problems import exception_handlers
 from gateway.runtime import Runtime
 
 
@@ -31,26 +30,10 @@ def require_billing_role(caller: Caller) -> None:
                            "(gateway keys create --role billing)")
 
 
-async def _gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    return problem_response(exc)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "BAD_REQUEST")
-    return problem_response(GatewayError(code, str(exc.detail), status=exc.status_code))
-
-
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    return problem_response(GatewayError("INTERNAL", "internal error; see the gateway log"))
-
-
 def build_billing_app(runtime: Runtime) -> Starlette:
     app = Starlette(
         routes=[*selfservice.routes(), *webhooks.routes(), *budget.routes()],
-        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error,
-                            Exception: _internal_error})
+        exception_handlers=dict(exception_handlers()))
     app.router.redirect_slashes = False
     app.state.runtime = runtime
     return app

@@ -96,6 +96,7 @@ class _ClientBody(httpx.AsyncByteStream):
 
 
 _NO_BODY = httpx.ByteStream(b"")
+BODYLESS_STATUS = frozenset({204, 304})
 
 
 def _content_length(headers: RawHeaders) -> int | None:
@@ -154,6 +155,10 @@ async def forward(
         raise UpstreamFailed(
             "UPSTREAM_UNAVAILABLE", f"upstream {target.name} unavailable: {type(exc).__name__}"
         ) from exc
+    if not 100 <= response.status_code <= 599:
+        await response.aclose()
+        raise UpstreamFailed("UPSTREAM_UNAVAILABLE", f"upstream {target.name} answered "
+                             f"with status {response.status_code}, which HTTP has not")
     outcome.upstream_status = response.status_code
     try:
         await _relay(response, receive, send, outcome, extra_headers, observer, body)
@@ -173,6 +178,10 @@ async def _relay(
 ) -> None:
     raw = response.headers.raw
     out_headers = response_headers(raw)
+    if response.status_code in BODYLESS_STATUS:
+        # No body follows: a Content-Length there (legal on a 304) describes another
+        # response, and the server would wait for bytes that never come.
+        out_headers = [(n, v) for n, v in out_headers if n != b"content-length"]
     if extra_headers:
         out_headers.extend(extra_headers)
     if observer is not None:

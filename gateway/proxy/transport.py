@@ -35,6 +35,8 @@ import httpx
 import yarl
 from multidict import CIMultiDict
 
+MAX_HEADER_LINE = 64 * 1024
+MAX_HEADERS = 512
 # Headers aiohttp would otherwise invent. A proxy forwards what the client sent.
 _SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 
@@ -129,6 +131,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 skip_auto_headers=_SKIP_AUTO,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 request_class=_ExactRequest,
+                # aiohttp's defaults (8 KiB a line, 128 headers) turn legal responses
+                # into 502s that a browser would take; these match common servers.
+                max_line_size=MAX_HEADER_LINE, max_field_size=MAX_HEADER_LINE,
+                max_headers=MAX_HEADERS,
                 trust_env=False,
                 timeout=aiohttp.ClientTimeout(total=None),
             )
@@ -162,7 +168,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                                           sock_read=None),
         )
         with _translated(connecting=True):
-            response = await _response_head(sending, body, read_timeout)
+            response = await _response_head(sending, body, read_timeout,
+                                            timeout.get("write"))
         return httpx.Response(
             status_code=response.status,
             headers=list(response.raw_headers),
@@ -187,33 +194,45 @@ def _header_text(value: bytes) -> str:
 
 
 class _BodyStream:
-    """The request body as aiohttp reads it, noting when it has all been read: the
-    read timeout for the response head starts then (an upload may take its time)."""
+    """The request body as aiohttp reads it, noting its progress: while it moves, the
+    write timeout is what bounds it (an upload may take its time); once it has all been
+    read, the read timeout for the response head starts."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
         self.sent = asyncio.Event()
+        self.moved = asyncio.get_running_loop().time()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
         async for chunk in self._stream:
             yield chunk
+            self.moved = loop.time()  # the upstream took it
         self.sent.set()
 
 
 async def _response_head(sending: Any, body: _BodyStream | None,
-                         read_timeout: float | None) -> aiohttp.ClientResponse:
-    """Await the response head: no deadline while the body is going out, then
-    `read_timeout` (a bodyless request: from the start)."""
-    if read_timeout is None:
-        return cast(aiohttp.ClientResponse, await sending)
+                         read_timeout: float | None,
+                         write_timeout: float | None = None) -> aiohttp.ClientResponse:
+    """Await the response head: while the body goes out, no more than `write_timeout`
+    without progress (an upstream that stops reading, a client that stops sending);
+    then `read_timeout` (a bodyless request: from the start)."""
     if body is None:
+        if read_timeout is None:
+            return cast(aiohttp.ClientResponse, await sending)
         async with asyncio.timeout(read_timeout):
             return cast(aiohttp.ClientResponse, await sending)
+    loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(sending)
     try:
         sent = asyncio.ensure_future(body.sent.wait())
         try:
-            await asyncio.wait((task, sent), return_when=asyncio.FIRST_COMPLETED)
+            while not task.done() and not sent.done():
+                await asyncio.wait((task, sent), timeout=write_timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if (write_timeout is not None and not task.done() and not sent.done()
+                        and loop.time() - body.moved >= write_timeout):
+                    raise TimeoutError("the request body stopped moving")
         finally:
             sent.cancel()
         if not task.done():

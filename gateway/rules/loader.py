@@ -30,7 +30,13 @@ _REQUIRED = ("version", "upstreams", "routes", "meters", "weights", "plans")
 
 def load_rules(path: str | Path) -> Rules:
     """Read and check a rules file. Raises RulesError (all problems) or OSError (unreadable)."""
-    text = Path(path).read_text(encoding="utf-8")
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise RulesError([Problem(str(path), line, "(file)",
+                                  f"not UTF-8 text (byte {raw[exc.start]:#04x})")]) from None
     return parse_rules(text, filename=str(path))
 
 

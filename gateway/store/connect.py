@@ -24,6 +24,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from gateway.config import SettingsError
 from gateway.errors import StoreUnavailable
 from gateway.store.batch import ScriptBatcher
 from gateway.store.pipe import RedisPipe
@@ -112,10 +113,25 @@ class Store:
 
 
 def open_store(url: str | None, *, deadline_s: float = DEFAULT_DEADLINE_S) -> Store:
-    """Build the store client (connections are opened lazily by redis-py)."""
+    """Build the store client (connections are opened lazily by redis-py). A URL it
+    cannot use is a SettingsError naming GATEWAY_REDIS_URL."""
     if not url:
         return _embedded(deadline_s)
+    try:
+        return _open(url, deadline_s)
+    except ValueError as exc:
+        raise SettingsError(f"GATEWAY_REDIS_URL {url!r}: {exc}") from None
+
+
+def _open(url: str, deadline_s: float) -> Store:
     parts = urlsplit(url)
+    if parts.scheme in ("redis", "rediss", "redis+cluster"):
+        if not parts.hostname:
+            raise ValueError("no host (redis://host:port/db)")
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+        number = parts.path.strip("/")
+        if number and not (number.isascii() and number.isdigit()):
+            raise ValueError(f"the database must be a number, not {number!r}")
     # The socket timeouts are a backstop; Store.call's deadline is the real limit.
     socket_s = deadline_s * 4
     client: Any
@@ -146,7 +162,8 @@ def open_store(url: str | None, *, deadline_s: float = DEFAULT_DEADLINE_S) -> St
         pipe = RedisPipe(url, connect_timeout_s=socket_s) if parts.scheme != "unix" else None
         return Store(client, f"Redis at {parts.hostname}:{parts.port or 6379}",
                      deadline_s=deadline_s, pipe=pipe)
-    raise ValueError(f"unsupported GATEWAY_REDIS_URL scheme {parts.scheme!r}")
+    raise ValueError(f"unsupported scheme {parts.scheme!r} (redis://, rediss://, "
+                     "redis+cluster://, redis+sentinel://, unix://)")
 
 
 def _embedded(deadline_s: float) -> Store:

@@ -139,3 +139,12 @@ async def test_the_admin_listener_answers_a_trailing_slash_without_a_redirect(
         r = await c.delete("/admin/keys/")
     assert r.status_code == 404
     assert r.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_wrong_method_says_which_are_allowed(store_url: str | None) -> None:
+    rules = BASE_RULES.format(upstream="http://127.0.0.1:9", timeout="1s")
+    async with running_gateway(rules, store_url) as gw, \
+            httpx.AsyncClient(base_url=gw.admin_url) as c:
+        r = await c.put("/admin/keys")
+    assert (r.status_code, r.json()["code"]) == (405, "METHOD_NOT_ALLOWED")
+    assert r.headers["allow"]  # (the methods of the first route with that path)

@@ -441,3 +441,34 @@ async def test_expect_100_continue_is_answered_here_not_passed_on(
     writer.close()
     assert response.startswith(b"HTTP/1.1 200") and b'"bytes":5' in response
     assert upstream.requests[-1].header("expect") is None
+
+
+async def test_legal_but_unusual_upstream_answers(gw: RunningGateway) -> None:
+    key = await gw.new_key()
+    async with client(gw.url) as c:
+        not_modified = await c.get("/api/notmodified", headers={"X-Api-Key": key})
+        after = await c.get("/api/echo", headers={"X-Api-Key": key})  # same connection
+        big = await c.get("/api/bigheaders", headers={"X-Api-Key": key})
+        weird = await c.get("/api/status600", headers={"X-Api-Key": key})
+    assert (not_modified.status_code, not_modified.headers["etag"]) == (304, '"v1"')
+    assert after.status_code == 200
+    assert big.status_code == 200 and len(big.headers["x-big"]) == 12288
+    assert big.headers["x-h149"] == "149"
+    assert (weird.status_code, weird.json()["code"]) == (502, "UPSTREAM_UNAVAILABLE")
+
+
+async def test_an_upstream_that_stops_reading_the_body_times_out(gw: RunningGateway) -> None:
+    """The upstream (timeout 1 s) never reads the 20 MiB upload: 504, not a hang."""
+    key = await gw.new_key()
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(320):
+            yield b"z" * 65536
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    async with client(gw.url, timeout=30) as c:
+        r = await c.post("/api/hang", content=body(),
+                         headers={"X-Api-Key": key, "Content-Length": str(320 * 65536)})
+    assert (r.status_code, r.json()["code"]) == (504, "UPSTREAM_TIMEOUT")
+    assert loop.time() - t0 < 10

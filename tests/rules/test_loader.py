@@ -219,3 +219,13 @@ def test_empty_and_non_mapping_documents() -> None:
 def test_missing_file_raises_oserror(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_rules(tmp_path / "absent.yaml")
+
+
+def test_a_file_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"version: 1\n# caf\xe9\n")
+    with pytest.raises(RulesError) as caught:
+        load_rules(path)
+    [problem] = caught.value.problems
+    assert (problem.line, problem.location) == (2, "(file)")
+    assert "not UTF-8" in problem.message

@@ -35,6 +35,7 @@ Scope = dict[str, Any]
 
 _ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 _PROBLEM_HEADERS = [(b"content-type", b"application/problem+json")]
+_HTTP_VERSIONS = {"1.0": b"1.0", "1.1": b"1.1", "2": b"2", "2.0": b"2"}
 
 
 class GatewayApp:
@@ -60,15 +61,17 @@ class GatewayApp:
         method: str = scope["method"]
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         request_id, client_request_id = _request_id(headers)
+        # The path as sent (until normalised): a refused %2F shows as sent, not decoded.
+        raw_path = scope.get("raw_path") or scope["path"].encode()
         entry: dict[str, Any] = {"ts": time.time(), "id": request_id, "method": method,
-                                 "path": scope.get("path", "")}
+                                 "path": raw_path.decode("latin-1")}
         route_name = upstream_name = "-"
         outcome: Outcome | None = None
         code = "OK"
         status = 0
         self.metrics.in_flight.inc()
         try:
-            path = normalise_path(scope.get("raw_path") or scope["path"].encode())
+            path = normalise_path(raw_path)
             entry["path"] = path
             if path == "/usage/me":
                 route_name = path
@@ -110,7 +113,8 @@ class GatewayApp:
             upstream_headers = request_headers(
                 headers, routing.header_policies[route.upstream.name], fwd,
                 caller.identity_headers(), request_id.encode(),
-                plain_response=weight.reads_body)
+                plain_response=weight.reads_body,
+                received=_HTTP_VERSIONS.get(scope.get("http_version", "1.1"), b"1.1"))
             t0 = time.perf_counter()
             # Whatever happens, the charge is closed once: refunded, settled or kept.
             try:
@@ -123,8 +127,9 @@ class GatewayApp:
             except UpstreamFailed:
                 await charge.close(None, upstream_failed=True)
                 raise
-            except StreamAborted:
-                await charge.close(Outcome(upstream_broken=True), upstream_failed=False)
+            except StreamAborted as aborted:
+                outcome = aborted.outcome
+                await charge.close(outcome, upstream_failed=False)
                 raise
             await charge.close(outcome, upstream_failed=False)
             m = self.metrics
@@ -140,9 +145,13 @@ class GatewayApp:
         except GatewayError as err:
             code, status = err.code, err.status
             await _send_problem(send, err, request_id)
-        except StreamAborted:
-            code, status = "UPSTREAM_ABORTED", outcome.upstream_status if outcome else 502
-            raise  # the ASGI server drops the connection: a truncated body stays truncated
+        except StreamAborted as aborted:
+            # Returning with the response unfinished makes the server drop the connection
+            # (one log line of its own): a truncated body stays truncated.
+            code, status = "UPSTREAM_ABORTED", aborted.outcome.upstream_status
+            self.metrics.upstream_errors.labels(upstream_name, code).inc()
+            log.warning("upstream %s broke off the response to request %s after %d bytes: "
+                        "%s", upstream_name, request_id, aborted.outcome.bytes_out, aborted)
         except Exception:
             log.exception("unhandled error for request %s", request_id)
             code, status = "INTERNAL", 500

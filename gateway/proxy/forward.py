@@ -43,8 +43,13 @@ class UpstreamFailed(GatewayError):
 
 
 class StreamAborted(Exception):
-    """The upstream broke off mid-response; the client connection must be dropped so a
-    truncated body is never mistaken for a complete one (the ASGI server closes it)."""
+    """The upstream broke off mid-response (or stopped sending for its read timeout);
+    the client connection must be dropped so a truncated body is never mistaken for a
+    complete one. `outcome` is what had been relayed by then."""
+
+    def __init__(self, message: str, outcome: Outcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +228,7 @@ async def _relay(
                     chunk = read.result()
             except (httpx.TransportError, OSError) as exc:
                 outcome.upstream_broken = True
-                raise StreamAborted(str(exc)) from exc
+                raise StreamAborted(str(exc), outcome) from exc
             if chunk is None:
                 break
             if observer is not None:

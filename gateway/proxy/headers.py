@@ -69,6 +69,7 @@ def request_headers(
     identity: Iterable[tuple[bytes, bytes]] = (),
     request_id: bytes | None = None,
     plain_response: bool = False,
+    received: bytes = b"1.1",
 ) -> list[tuple[bytes, bytes]]:
     """Headers to send upstream for a client request; `request_id` replaces whatever
     X-Request-Id the client sent (it is the client's own when that one was valid).
@@ -104,7 +105,8 @@ def request_headers(
     out.append((b"x-forwarded-proto", fwd.proto.encode("latin-1")))
     if fwd.host is not None:
         out.append((b"x-forwarded-host", fwd.host))
-    via.append(VIA_TOKEN)
+    # Via names the protocol this hop received (RFC 9110 §7.6.3): an HTTP/1.0 client's.
+    via.append(VIA_TOKEN if received == b"1.1" else received + b" gateway")
     out.append((b"via", b", ".join(via)))
     out.extend(identity)
     if request_id is not None:

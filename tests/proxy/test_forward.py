@@ -281,6 +281,12 @@ async def test_truncated_upstream_body_is_not_passed_off_as_complete(gw: Running
     async with client(gw.url) as c:
         with pytest.raises(httpx.RemoteProtocolError):
             await c.get("/api/half", headers={"X-Api-Key": key})
+        metrics = (await c.get(gw.admin_url + "/metrics")).text
+    # Counted as what it was: the upstream broke off after its 200 and 10 bytes.
+    assert 'gateway_upstream_errors_total{code="UPSTREAM_ABORTED",upstream="main"} 1.0' \
+        in metrics
+    assert 'gateway_requests_total{code="UPSTREAM_ABORTED",decision="reject",route="/api/"}' \
+        ' 1.0' in metrics
 
 
 async def test_server_sent_events_arrive_as_they_are_produced(gw: RunningGateway) -> None:
@@ -472,3 +478,13 @@ async def test_an_upstream_that_stops_reading_the_body_times_out(gw: RunningGate
                          headers={"X-Api-Key": key, "Content-Length": str(320 * 65536)})
     assert (r.status_code, r.json()["code"]) == (504, "UPSTREAM_TIMEOUT")
     assert loop.time() - t0 < 10
+
+
+async def test_via_names_the_protocol_received(
+    gw: RunningGateway, upstream: RecordingUpstream
+) -> None:
+    key = await gw.new_key()
+    resp = await raw_request(gw.gateway.port(), (
+        f"GET /api/echo HTTP/1.0\r\nHost: g\r\nX-Api-Key: {key}\r\n\r\n").encode())
+    assert resp.startswith(b"HTTP/1.1 200")
+    assert upstream.requests[-1].header("via") == "1.0 gateway"

@@ -6,7 +6,6 @@ reload, so an in-flight request keeps the rules it started with.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from gateway.billing.alerts import AlertChecker, stop_task  # budget alerts
+from gateway.billing.alerts import AlertChecker  # budget alerts
 from gateway.billing.reporter import Reporter  # Stripe usage reporting
 from gateway.billing.stripe_client import build_stripe_client
 from gateway.config import Settings
@@ -31,6 +30,7 @@ from gateway.proxy.headers import UpstreamHeaderPolicy
 from gateway.proxy.transport import build_transport
 from gateway.rules import Rules, RulesError, load_rules
 from gateway.store import Store, open_store
+from gateway.tasks import stop_task
 
 log = logging.getLogger("gateway")
 
@@ -147,10 +147,7 @@ class Runtime:
 
     async def close(self) -> None:
         self.ready = False
-        if self._replayer is not None:
-            self._replayer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._replayer
+        await stop_task(self._replayer)
         await stop_task(self._clock_task)
         # --- budget alerts: stop the checker ---
         await stop_task(self._alert_task)

@@ -35,7 +35,6 @@ trial_will_end), best effort and without markers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import secrets
@@ -352,10 +351,3 @@ class AlertChecker:
             log.warning("%s notice %s by %s failed: %s", notice.kind, notice.notice_id,
                         channel, exc)
             return False
-
-
-async def stop_task(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.metering")
 
+# Response fields built once rather than on every admitted request.
+_UNITS_HEADERS: dict[int, tuple[bytes, bytes]] = {}
+_ACCOUNT_HEADERS = {scope: (b"x-gateway-account", scope.encode())
+                    for scope in ("user", "workspace")}
+
 
 @dataclass(slots=True)
 class Charge:
@@ -82,8 +87,14 @@ class Charge:
         d = self.decision
         if d is None or d.leg is None:
             return []
-        out = [(b"x-gateway-units", str(self.units).encode()),
-               (b"x-gateway-account", d.leg.account.scope.encode())]
+        units = self.units
+        units_header = _UNITS_HEADERS.get(units)
+        if units_header is None:
+            if len(_UNITS_HEADERS) > 10_000:  # bounded (settled reserves vary)
+                _UNITS_HEADERS.clear()
+            units_header = _UNITS_HEADERS[units] = (b"x-gateway-units", str(units).encode())
+        out = [units_header, _ACCOUNT_HEADERS.get(d.leg.account.scope) or (
+            b"x-gateway-account", d.leg.account.scope.encode())]
         if d.leg.grace_units:
             out.append((b"x-gateway-warning", b"grace: plan quota exhausted, grace in use"))
         out.extend(rate_limit_headers(d.leg))

@@ -1,0 +1,41 @@
+"""Reading debit replies and writing the RateLimit fields (pure functions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.metering.accounts import Account
+from gateway.metering.verdict import Leg, rate_limit_headers
+
+# A debit reply as Redis sends it: Lua numbers as ints, Lua strings as bytes.
+REPLY: list[Any] = [1, b"", 1, 0, 100, 58, 1501, 60000, 2, 0, 0, 0, 0, 0, 998, b"2026-12",
+                    1764590000000, b"pro", 1, b"account", 1767225600000, b"1764590000000-0",
+                    1, 1000, -1, 0]
+
+
+def test_a_reply_of_ints_and_one_of_strings_read_the_same() -> None:
+    account = Account("user", "u1")
+    as_strings = [x if isinstance(x, bytes) else str(x).encode() for x in REPLY]
+    fast, slow = Leg.parse(account, REPLY), Leg.parse(account, as_strings)
+    assert fast == slow
+    assert (fast.verdict, fast.throughput_ok, fast.limit, fast.remaining, fast.period,
+            fast.plan, fast.debit_id, fast.enforce, fast.quota_total) == (
+        1, True, 100, 58, "2026-12", "pro", "1764590000000-0", True, 1000)
+    assert isinstance(fast.verdict, int) and isinstance(fast.money_ok, bool)
+
+
+def test_a_stored_reply_without_the_budget_fields() -> None:
+    leg = Leg.parse(Account("user", "u1"), REPLY[:24])
+    assert (leg.cap_micro, leg.spend_micro, leg.quota_total) == (-1, 0, 1000)
+
+
+def test_rate_limit_fields() -> None:
+    leg = Leg.parse(Account("user", "u1"), REPLY)
+    assert rate_limit_headers(leg) == [(b"ratelimit-policy", b'"account";q=100;w=60'),
+                                       (b"ratelimit", b'"account";r=58;t=2')]
+    # The reset rounds up to whole seconds; a window under a second reads as 1 s.
+    leg.reset_ms, leg.window_ms, leg.remaining = 1000, 500, 0
+    assert rate_limit_headers(leg) == [(b"ratelimit-policy", b'"account";q=100;w=1'),
+                                       (b"ratelimit", b'"account";r=0;t=1')]
+    leg.limit = 0
+    assert rate_limit_headers(leg) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="serve the public and admin listeners")
-    s.add_argument("--rules", default="rules.yaml", help="rules file (default: rules.yaml)")
+    _rules_arg(s)
     s.add_argument("--host", default="0.0.0.0")
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--admin-host", default="127.0.0.1")
@@ -77,10 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _rules_arg(p: argparse.ArgumentParser) -> None:
+    # One rules file for every command of a deployment: GATEWAY_RULES, else ./rules.yaml.
+    p.add_argument("--rules", default=os.environ.get("GATEWAY_RULES") or "rules.yaml",
+                   help="rules file (default: $GATEWAY_RULES, else rules.yaml)")
+
+
 def _account_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scope", required=True, choices=["workspace", "user"])
     p.add_argument("--id", required=True, dest="account_id")
-    p.add_argument("--rules", default="rules.yaml", help="rules file (default: rules.yaml)")
+    _rules_arg(p)
 
 
 def _logging() -> None:
@@ -98,7 +105,8 @@ def _load_rules_or_exit(path: str):  # type: ignore[no-untyped-def]
             print(problem, file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as exc:
-        raise SystemExit(f"{path}: {exc.strerror or exc}") from None
+        raise SystemExit(f"{path}: {exc.strerror or exc} (give the rules file with --rules "
+                         "PATH or GATEWAY_RULES)") from None
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -208,6 +208,15 @@ def test_store_commands_against_redis(redis_server: RedisServer, rules_file: Pat
     usage = run("usage", "--scope", "workspace", "--id", "acme", "--json", "--rules",
                 str(rules_file))
     assert orjson.loads(usage.stdout)["plan"] == "free"
+    # The rules file may come from GATEWAY_RULES instead of --rules (or ./rules.yaml).
+    env["GATEWAY_RULES"] = str(rules_file)
+    assert run("subscriptions", "set", "--scope", "user", "--id", "zed", "--plan",
+               "free").returncode == 0
+    env["GATEWAY_RULES"] = str(rules_file.parent / "missing.yaml")
+    missing = run("subscriptions", "set", "--scope", "user", "--id", "zed", "--plan", "free")
+    assert missing.returncode == 1 and "missing.yaml" in missing.stderr
+    assert "--rules" in missing.stderr and "Traceback" not in missing.stderr
+    del env["GATEWAY_RULES"]
     revoked = run("keys", "revoke", key["id"])
     assert revoked.returncode == 0
     assert run("keys", "revoke", "key_0000000000000000").returncode == 1

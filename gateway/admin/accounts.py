@@ -20,6 +20,7 @@ from gateway.errors import GatewayError
 from gateway.identity.registry import valid_name
 from gateway.jsonbody import json_object
 from gateway.metering.accounts import Account, parse_scope
+from gateway.methods import route
 from gateway.money import micro_to_usd, usd_to_micro
 from gateway.runtime import Runtime
 
@@ -89,8 +90,8 @@ async def get_account(request: Request) -> Response:
 
 def account_routes() -> list[Route]:
     return [
-        Route("/admin/subscriptions/{scope}/{id}", put_subscription, methods=["PUT"]),
-        Route("/admin/subscriptions/{scope}/{id}", delete_subscription, methods=["DELETE"]),
+        route("/admin/subscriptions/{scope}/{id}", {"PUT": put_subscription,
+                                                    "DELETE": delete_subscription}),
         Route("/admin/accounts/{scope}/{id}/credits", grant_credits, methods=["POST"]),
         Route("/admin/accounts/{scope}/{id}", get_account, methods=["GET"]),
     ]

@@ -25,6 +25,7 @@ from gateway.admin.auth import require_admin
 from gateway.errors import GatewayError, problem_response
 from gateway.identity.registry import KeyRegistry
 from gateway.jsonbody import json_object
+from gateway.methods import route
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -42,8 +43,7 @@ _CREATE_FIELDS: dict[str, tuple[type, ...]] = {
 def key_routes() -> list[Route]:
     """The `/admin/keys` routes, to include in the admin app's route list."""
     return [
-        Route("/admin/keys", create_key, methods=["POST"]),
-        Route("/admin/keys", list_keys, methods=["GET"]),
+        route("/admin/keys", {"POST": create_key, "GET": list_keys}),
         Route("/admin/keys/{id}", revoke_key, methods=["DELETE"]),
     ]
 

@@ -32,6 +32,7 @@ from gateway.errors import GatewayError
 from gateway.jsonbody import json_object
 from gateway.metering.accounts import Account
 from gateway.metering.ledger import MAX_GRANT_MICRO
+from gateway.methods import route
 from gateway.money import micro_to_usd, usd_to_micro
 from gateway.runtime import Runtime
 
@@ -171,6 +172,5 @@ async def post_budget(request: Request) -> Response:
 
 def routes() -> list[Route]:
     return [
-        Route("/billing/budget", get_budget, methods=["GET"]),
-        Route("/billing/budget", post_budget, methods=["POST"]),
+        route("/billing/budget", {"GET": get_budget, "POST": post_budget}),
     ]

@@ -29,6 +29,7 @@ from gateway.caller import Caller
 from gateway.errors import GatewayError
 from gateway.jsonbody import json_object
 from gateway.metering.accounts import Account
+from gateway.methods import route
 from gateway.runtime import Runtime
 
 
@@ -129,7 +130,7 @@ def routes() -> list[Route]:
         Route("/billing/checkout", create_checkout, methods=["POST"]),
         Route("/billing/topup", create_topup, methods=["POST"]),
         Route("/billing/portal", create_portal, methods=["POST"]),
-        Route("/billing/subscription", read_subscription, methods=["GET"]),
-        Route("/billing/subscription", cancel_subscription, methods=["DELETE"]),
+        route("/billing/subscription", {"GET": read_subscription,
+                                        "DELETE": cancel_subscription}),
         Route("/billing/invoices", list_invoices, methods=["GET"]),
     ]

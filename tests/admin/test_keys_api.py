@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from gateway.admin.keys import key_routes
 from gateway.identity.registry import KeyRegistry
 from gateway.store import Store
-from tests.gateway_harness import BASE_RULES, running_gateway
+from tests.gateway_harness import ADMIN_TOKEN, BASE_RULES, running_gateway
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -146,5 +146,12 @@ async def test_a_wrong_method_says_which_are_allowed(store_url: str | None) -> N
     async with running_gateway(rules, store_url) as gw, \
             httpx.AsyncClient(base_url=gw.admin_url) as c:
         r = await c.put("/admin/keys")
+        gw_auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        sub = await c.get("/admin/subscriptions/user/ann", headers=gw_auth)
+        listed = await c.head("/admin/keys", headers=gw_auth)
     assert (r.status_code, r.json()["code"]) == (405, "METHOD_NOT_ALLOWED")
-    assert r.headers["allow"]  # (the methods of the first route with that path)
+    # Every method that serves the path, not only the first route's.
+    assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+    assert sub.status_code == 405
+    assert set(sub.headers["allow"].split(", ")) == {"PUT", "DELETE"}
+    assert listed.status_code == 200 and listed.content == b""

@@ -18,6 +18,7 @@ import uvicorn
 from gateway import accesslog
 from gateway.admin.app import build_admin_app
 from gateway.app import GatewayApp
+from gateway.httpserver import GatewayHttpProtocol
 from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway")
@@ -29,6 +30,7 @@ def _uvicorn_config(app: object, host: str, port: int, drain_s: float) -> uvicor
         host=host,
         port=port,
         lifespan="off",
+        http=GatewayHttpProtocol,  # unparseable requests answered in problem+json
         access_log=False,        # we write our own JSON access log
         server_header=False,     # the upstream's headers pass through untouched
         date_header=False,

@@ -14,6 +14,7 @@ the proxy really sent) and offers behaviours by path:
   /gzip             a gzip-encoded body with Content-Encoding: gzip
   /hop              a response carrying hop-by-hop headers
   /hang             never answers
+  /slow?ms=D        answers after D ms, unless the peer closes first (counted in `abandoned`)
   /close            closes the connection without answering
   /half             declares Content-Length 1000, sends 10 bytes, closes
 """
@@ -56,6 +57,7 @@ class RecordingUpstream:
     open_connections: int = 0
     open_streams: int = 0
     streams_closed_by_peer: int = 0
+    abandoned: int = 0               # /slow requests whose peer left before the answer
     port: int = 0
     _server: asyncio.Server | None = None
 
@@ -141,6 +143,15 @@ class RecordingUpstream:
         if path == "/close":
             return False
         await self._read_body(rec, reader, digest)
+        if path == "/slow":
+            # The GPU job: busy for a while, but watching for a caller that hangs up.
+            try:
+                eof = await asyncio.wait_for(reader.read(1), int(q.get("ms", "1000")) / 1000)
+            except TimeoutError:
+                eof = None
+            if eof == b"":
+                self.abandoned += 1
+                return False
         if path.startswith("/status/"):
             status = int(path.rsplit("/", 1)[1])
             await self._send(writer, status, b'{"status": %d}' % status)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import httpx
 
 from gateway.errors import GatewayError
+from gateway.proxy.departure import HeadWait, client_gone
 from gateway.proxy.headers import RawHeaders, response_headers
 
 Scope = dict[str, Any]
@@ -146,8 +147,19 @@ async def forward(
         method, url, headers=headers, stream=body or _NO_BODY,
         extensions={"timeout": target.timeouts},
     )
+    # A client that leaves while the upstream has not answered yet cancels the request.
+    head = HeadWait(receive, body)
     try:
-        response = await transport.handle_async_request(request)
+        try:
+            response = await transport.handle_async_request(request)
+        except BaseException:
+            head.close()
+            raise
+    except asyncio.CancelledError:
+        if not head.left():
+            raise
+        outcome.client_disconnected = True
+        return outcome
     except httpx.TimeoutException as exc:
         if body is not None and body.disconnected:
             outcome.client_disconnected = True
@@ -160,13 +172,16 @@ async def forward(
         raise UpstreamFailed(
             "UPSTREAM_UNAVAILABLE", f"upstream {target.name} unavailable: {type(exc).__name__}"
         ) from exc
+    watcher = head.take()
     if not 100 <= response.status_code <= 599:
+        if watcher is not None:
+            watcher.cancel()
         await response.aclose()
         raise UpstreamFailed("UPSTREAM_UNAVAILABLE", f"upstream {target.name} answered "
                              f"with status {response.status_code}, which HTTP has not")
     outcome.upstream_status = response.status_code
     try:
-        await _relay(response, receive, send, outcome, extra_headers, observer, body)
+        await _relay(response, receive, send, outcome, extra_headers, observer, body, watcher)
     finally:
         await response.aclose()
     return outcome
@@ -180,6 +195,7 @@ async def _relay(
     extra_headers: list[tuple[bytes, bytes]] | None,
     observer: ResponseObserver | None,
     body: _ClientBody | None = None,
+    watcher: asyncio.Task[None] | None = None,
 ) -> None:
     raw = response.headers.raw
     out_headers = response_headers(raw)
@@ -194,7 +210,6 @@ async def _relay(
     await send({"type": "http.response.start", "status": response.status_code,
                 "headers": out_headers})
     expected = _content_length(raw)
-    watcher: asyncio.Task[None] | None = None
     chunks = response.aiter_raw()
     try:
         while True:
@@ -206,7 +221,7 @@ async def _relay(
             ):
                 # More body to wait for: from now on notice a client that leaves, or an
                 # endless event stream would be relayed into the void forever.
-                watcher = asyncio.create_task(_client_gone(receive))
+                watcher = asyncio.create_task(client_gone(receive))
             try:
                 if watcher is None:
                     chunk = await _next(chunks)
@@ -250,9 +265,3 @@ async def _next(chunks: AsyncIterator[bytes]) -> bytes | None:
         return await chunks.__anext__()
     except StopAsyncIteration:
         return None
-
-
-async def _client_gone(receive: Receive) -> None:
-    """Returns when the client disconnects (other messages are late body parts)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass

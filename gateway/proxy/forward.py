@@ -207,11 +207,11 @@ async def _relay(
         out_headers.extend(extra_headers)
     if observer is not None:
         observer.on_start(response.status_code, raw)
-    await send({"type": "http.response.start", "status": response.status_code,
-                "headers": out_headers})
     expected = _content_length(raw)
     chunks = response.aiter_raw()
     try:
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": out_headers})
         while True:
             # Only once the request body is all read: until then its reader owns
             # receive() (and sees a departure itself); a second reader would take body

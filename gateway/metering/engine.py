@@ -190,6 +190,8 @@ class MeteringEngine:
             if rid and followed:
                 marked = account  # debit.lua remembered refusing it (ARGV 20)
             legs.append(leg)
+            if leg.key_refused:
+                break  # the key's own limit: no other account may count it afresh
         if not legs:
             # Nobody has a plan and there is no default plan: nothing to charge.
             return Decision(admitted=True, units=units)

@@ -58,24 +58,25 @@ class Leg:
     quota_total: int    # the plan's quota for the meter (-1: none)
     cap_micro: int      # the account's budget cap (-1: none)
     spend_micro: int    # its spend this period
+    key_refused: bool   # the key's own limit refused: no other account may take over
 
     @classmethod
     def parse(cls, account: Account, reply: list[Any]) -> Leg:
         n = reply
-        if len(n) == 26 and type(n[0]) is int and type(n[3]) is int:
+        if len(n) == 27 and type(n[0]) is int and type(n[3]) is int:
             # The common reply: debit.lua's numbers arrive as ints, its strings as bytes.
             # (A third of the per-request cost of this method was int() on ints.)
             return cls(account, n[0], _s(n[1]), n[2] == 1, n[3], n[4], n[5], n[6], n[7],
                        n[8], n[9], n[10], n[11], n[12], n[13], n[14], _s(n[15]), n[16],
                        _s(n[17]), n[18] == 1, _s(n[19]), n[20], _s(n[21]), n[22] == 1, n[23],
-                       n[24], n[25])
-        # (A first reply stored for a request id may predate the last two fields.)
+                       n[24], n[25], n[26] == 1)
+        # (A first reply stored for a request id may predate the last three fields.)
         return cls(account, int(n[0]), _s(n[1]), bool(int(n[2])), int(n[3]), int(n[4]),
                    int(n[5]), int(n[6]), int(n[7]), int(n[8]), int(n[9]), int(n[10]),
                    int(n[11]), int(n[12]), int(n[13]), int(n[14]), _s(n[15]), int(n[16]),
                    _s(n[17]), bool(int(n[18])), _s(n[19]), int(n[20]), _s(n[21]),
                    bool(int(n[22])), int(n[23]), int(n[24]) if len(n) > 24 else -1,
-                   int(n[25]) if len(n) > 25 else 0)
+                   int(n[25]) if len(n) > 25 else 0, len(n) > 26 and bool(int(n[26])))
 
     @property
     def only_throughput(self) -> bool:

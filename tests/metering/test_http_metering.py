@@ -42,6 +42,7 @@ plans:
     quota: {{fcu: 1000, tokens: 100000}}
   tiny: {{throughput: [{{limit: 1000, window: 60s}}], quota: {{fcu: 25}}}}
   team: {{throughput: [{{limit: 1000, window: 60s}}], quota: {{fcu: 20}}}}
+  wide: {{throughput: [{{limit: 1000, window: 60s}}], quota: {{fcu: 100000}}}}
 defaults: {{user_plan: free}}
 enforce: true
 """
@@ -264,6 +265,24 @@ async def test_a_keys_own_limit_refuses_with_scope_key(gw: RunningGateway) -> No
     assert r.headers["ratelimit-policy"] == '"key";q=20;w=60'
     assert ok.status_code == 200
     assert await units_of(gw, "user", "quinn", "fcu") == 30
+
+
+async def test_a_keys_own_limit_holds_across_the_cascade(gw: RunningGateway) -> None:
+    """A workspace key's own limit is the key's: when the workspace refuses for it, the
+    user's budget does not take over (it would count the key afresh)."""
+    await gw.runtime.ledger.set_plan(gw.runtime.rules, Account("workspace", "wk"), "wide")
+    _, secret = await gw.runtime.registry.create(user="rae", workspace="wk", limit=20,
+                                                 window_s=60)
+    async with client(gw.url) as c:
+        answers = [await c.post("/api/heavy", headers={"X-Api-Key": secret})
+                   for _ in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 429, 429]
+    assert {r.headers["x-gateway-account"] for r in answers[:2]} == {"workspace"}
+    body = answers[2].json()
+    assert (body["code"], body["scope"], body["limit"]) == ("RATE_LIMITED", "key", 20)
+    assert int(answers[2].headers["retry-after"]) > 0
+    assert await units_of(gw, "workspace", "wk", "fcu") == 20
+    assert await units_of(gw, "user", "rae", "fcu") == 0
 
 
 async def test_free_requests_are_not_metered(gw: RunningGateway) -> None:

@@ -10,7 +10,7 @@ from gateway.metering.verdict import Leg, rate_limit_headers
 # A debit reply as Redis sends it: Lua numbers as ints, Lua strings as bytes.
 REPLY: list[Any] = [1, b"", 1, 0, 100, 58, 1501, 60000, 2, 0, 0, 0, 0, 0, 998, b"2026-12",
                     1764590000000, b"pro", 1, b"account", 1767225600000, b"1764590000000-0",
-                    1, 1000, -1, 0]
+                    1, 1000, -1, 0, 0]
 
 
 def test_a_reply_of_ints_and_one_of_strings_read_the_same() -> None:
@@ -24,9 +24,11 @@ def test_a_reply_of_ints_and_one_of_strings_read_the_same() -> None:
     assert isinstance(fast.verdict, int) and isinstance(fast.money_ok, bool)
 
 
-def test_a_stored_reply_without_the_budget_fields() -> None:
+def test_a_stored_reply_without_the_newer_fields() -> None:
     leg = Leg.parse(Account("user", "u1"), REPLY[:24])
-    assert (leg.cap_micro, leg.spend_micro, leg.quota_total) == (-1, 0, 1000)
+    assert (leg.cap_micro, leg.spend_micro, leg.quota_total, leg.key_refused) == (
+        -1, 0, 1000, False)
+    assert Leg.parse(Account("user", "u1"), [*REPLY[:26], 1]).key_refused is True
 
 
 def test_rate_limit_fields() -> None:

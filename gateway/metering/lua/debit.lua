@@ -39,7 +39,7 @@
 --  19 money_ok  20 scope of the binding window ("account" | "key")  21 period end ms
 --  22 the debit's usage-record id (names its settlement)  23 enforce (0: shadow)
 --  24 the plan's quota for this meter (-1: none)  25 budget cap, micro-USD (-1: none)
---  26 spend this period, micro-USD
+--  26 spend this period, micro-USD  27 1 when the key's own limit refused (the cascade stops)
 
 local acct_key, win_key, credits_key, stream_key, rid_key, period_prefix, day_prefix =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -56,7 +56,7 @@ local enforce = ARGV[14] == '1'
 
 local function other(verdict, code)
   return {verdict, code, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '', now, '', 1, 'account', 0,
-    '', 1, -1, -1, 0}
+    '', 1, -1, -1, 0, 0}
 end
 
 if ARGV[23] ~= '' then
@@ -118,8 +118,8 @@ if fields[4] == '0' then enforce = false end
 local plan_windows = fields[5] or '-'
 -- Per-key windows: the plan's (scope: key) and the key's own limit. They live in this
 -- account's window hash under the key's prefix.
-local key_windows = ARGV[7]
-if fields[6] and fields[6] ~= '-' then key_windows = key_windows .. ',' .. fields[6] end
+local plan_key_windows = (fields[6] and fields[6] ~= '-') and fields[6] or ''
+local key_windows = ARGV[7] .. ',' .. plan_key_windows
 
 -- Shadow mode keeps counters of its own ("s"-prefixed windows and quota), so its
 -- would-be decisions evolve as enforcement would, while nothing real is charged.
@@ -138,10 +138,12 @@ local g_limit, g_remaining, g_reset, g_window, g_scope = 0, 0, 0, 0, 'account'
 local g_ratio = 2
 local writes = {}
 local new_bucket = false
+local own_key_refused = false
 
 -- A window "limit:window_ms:counts" counts the units of one meter, or of all ("*"):
 -- windows of different meters never share buckets.
 local function check(spec, prefix, scope)
+  local refused = false
   for limit_s, window_s, counts in string.gmatch(spec, '(%d+):(%d+):([^,]+)') do
     local limit, window = tonumber(limit_s), tonumber(window_s)
     local st = window_open(win_key, prefix .. counts .. ':' .. window_s .. ':', window,
@@ -152,6 +154,7 @@ local function check(spec, prefix, scope)
     local ok = units <= remaining
     if not ok then
       throughput_ok = false
+      refused = true
       -- Soonest time enough old buckets have slid out for this request to fit.
       local freed = 0
       for _, bu in ipairs(window_live(win_key, st, buckets)) do
@@ -176,11 +179,20 @@ local function check(spec, prefix, scope)
       if g_reset == 0 and ok then g_reset = math.ceil((cur + buckets + 1) * width) - now end
     end
   end
+  return refused
 end
 
 if units > 0 and ARGV[17] ~= '1' then
   check(plan_windows, sp .. 'a:', 'account')
-  if string.find(key_windows, ':', 1, true) then check(key_windows, sp .. ARGV[16], 'key') end
+  -- The key's own limit is the key's, whoever pays: its refusal ends the cascade (reply
+  -- field 27), or the next account would count the key afresh. A plan's per-key windows
+  -- are that plan's rule, like its account windows.
+  if string.find(ARGV[7], ':', 1, true) then
+    own_key_refused = check(ARGV[7], sp .. ARGV[16], 'key')
+  end
+  if string.find(plan_key_windows, ':', 1, true) then
+    check(plan_key_windows, sp .. ARGV[16], 'key')
+  end
 end
 
 -- (Two windows with the same prefix, the same window twice, add once.)
@@ -199,7 +211,7 @@ if dup then
   if not throughput_ok or never then
     return {0, never and 'COST_EXCEEDS_LIMIT' or 'RATE_LIMITED', 0, retry_ms, g_limit,
       g_remaining, g_reset, g_window, 0, 0, 0, 0, 0, 0, 0, dup[16], now, dup[18], 1, g_scope,
-      dup[21], '', enforce and 1 or 0, -1, -1, 0}
+      dup[21], '', enforce and 1 or 0, -1, -1, 0, own_key_refused and 1 or 0}
   end
   if enforce then commit_windows() end
   redis.call('HINCRBY', rid_key, 'replays', 1)
@@ -262,7 +274,7 @@ if code == '' then q_remaining = math.max(q_remaining - take_q, 0) end
 local reply = {0, code, throughput_ok and 1 or 0, retry_ms, g_limit, g_remaining, g_reset,
   g_window, take_q, take_c, cm, take_o, om, take_g, q_remaining, period, now, plan,
   money_ok and 1 or 0, g_scope, period_end, '', enforce and 1 or 0, quota,
-  cap or -1, spend}
+  cap or -1, spend, own_key_refused and 1 or 0}
 if code ~= '' then
   -- A denial writes nothing but, on an account that may be followed by another, the
   -- memory of refusing this request id (see ARGV 20).

@@ -1,11 +1,15 @@
 """GET|POST /billing/budget: a monthly budget cap and where its alerts go.
 
-POST (billing role) {monthly_cap_usd > 0, hard_cap?, alert_email?, alert_webhook?, scope?}
+POST (billing role) {monthly_cap_usd > 0, hard_cap?, allow_soft_overage?, alert_email?,
+alert_webhook?, scope?}
 replaces the account's budget as a whole: an omitted alert target is cleared. GET (any
 key) shows it. Both answer
 
-    {scope, id, monthly_cap_usd, hard_cap, alert_email, alert_webhook, spend_usd,
-     spend_pct, period: {id, start, end}}
+    {scope, id, monthly_cap_usd, hard_cap, allow_soft_overage, alert_email, alert_webhook,
+     spend_usd, spend_pct, period: {id, start, end}}
+
+A hard cap refuses (402 BUDGET_HARD_CAP_HIT) what would take spend past the cap; a soft cap
+only alerts, unless `allow_soft_overage` is false (default true): then it refuses too.
 
 Amounts are exact decimal strings (6 places, micro-USD); spend is the period hash's
 `spend` (credits consumed + overage, kept by debit.lua, which also enforces the hard
@@ -37,7 +41,8 @@ from gateway.money import micro_to_usd, usd_to_micro
 from gateway.runtime import Runtime
 
 MAX_CAP_MICRO = MAX_GRANT_MICRO  # $10M a month: a typo guard
-_FIELDS = {"monthly_cap_usd", "hard_cap", "alert_email", "alert_webhook", "scope"}
+_FIELDS = {"monthly_cap_usd", "hard_cap", "allow_soft_overage", "alert_email",
+           "alert_webhook", "scope"}
 # Deliberately plain: one @, no spaces or control characters (no header injection).
 _EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f<>,;\"]+@[^@\s\x00-\x1f\x7f<>,;\"]+\.[A-Za-z0-9-]+")
 
@@ -105,7 +110,10 @@ async def budget_view(runtime: Runtime, account: Account) -> dict[str, Any]:
         "scope": account.scope,
         "id": account.id,
         "monthly_cap_usd": micro_to_usd(cap) if cap is not None else None,
-        "hard_cap": config.get("hard_cap") == "1" and cap is not None,
+        # (A budget set before allow_soft_overage existed has only `hard_cap`.)
+        "hard_cap": config.get("hard_cap_asked", config.get("hard_cap")) == "1"
+        and cap is not None,
+        "allow_soft_overage": config.get("allow_soft_overage", "1") == "1" or cap is None,
         "alert_email": config.get("alert_email") or None,
         "alert_webhook": config.get("alert_webhook") or None,
         "spend_usd": micro_to_usd(spend),
@@ -120,7 +128,7 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def _parse(body: dict[str, Any], allow_private: bool
-           ) -> tuple[int, bool, str | None, str | None]:
+           ) -> tuple[int, bool, bool, str | None, str | None]:
     if "monthly_cap_usd" not in body:
         raise GatewayError("BAD_REQUEST", "monthly_cap_usd is required")
     try:
@@ -133,6 +141,9 @@ def _parse(body: dict[str, Any], allow_private: bool
     hard = body.get("hard_cap", False)
     if not isinstance(hard, bool):
         raise GatewayError("BAD_REQUEST", "hard_cap must be true or false")
+    soft_overage = body.get("allow_soft_overage", True)
+    if not isinstance(soft_overage, bool):
+        raise GatewayError("BAD_REQUEST", "allow_soft_overage must be true or false")
     email = body.get("alert_email")
     if email is not None and not (isinstance(email, str) and valid_email(email)):
         raise GatewayError("BAD_REQUEST", "alert_email must be an email address")
@@ -140,7 +151,7 @@ def _parse(body: dict[str, Any], allow_private: bool
     if hook is not None and not (isinstance(hook, str) and valid_webhook(hook, allow_private)):
         raise GatewayError("BAD_REQUEST", "alert_webhook must be an http(s) URL of a public "
                            "host")
-    return cap, hard, email, hook
+    return cap, hard, soft_overage, email, hook
 
 
 async def get_budget(request: Request) -> Response:
@@ -156,9 +167,10 @@ async def post_budget(request: Request) -> Response:
     body = await _body(request)
     scope = body.get("scope", request.query_params.get("scope"))
     account = _account(caller, scope)
-    cap, hard, email, hook = _parse(body, runtime.settings.alert_allow_private)
+    cap, hard, soft_overage, email, hook = _parse(body, runtime.settings.alert_allow_private)
     store = runtime.store
-    await runtime.ledger.set_budget(account, cap_micro=cap, hard_cap=hard)
+    await runtime.ledger.set_budget(account, cap_micro=cap, hard_cap=hard,
+                                    allow_soft_overage=soft_overage)
     targets = {"alert_email": email, "alert_webhook": hook}
     present = {k: v for k, v in targets.items() if v is not None}
     if present:

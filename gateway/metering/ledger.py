@@ -81,10 +81,17 @@ class Ledger:
             await self.store.call(self.store.client.hdel(account.config_key,
                                                          "past_due_until"))
 
-    async def set_budget(self, account: Account, *, cap_micro: int, hard_cap: bool) -> None:
-        """Monthly budget cap: spend = credits consumed + overage this period."""
+    async def set_budget(self, account: Account, *, cap_micro: int, hard_cap: bool,
+                         allow_soft_overage: bool = True) -> None:
+        """Monthly budget cap: spend = credits consumed + overage this period.
+
+        `hard_cap` blocks at the cap; a soft cap only alerts, unless `allow_soft_overage`
+        is false, which blocks at it too. The scripts read one flag, `hard_cap`: whether
+        the cap blocks; what was asked for is kept beside it for the budget view."""
+        blocks = hard_cap or not allow_soft_overage
         await self.store.call(self.store.client.hset(account.config_key, mapping={
-            "cap_micro": cap_micro, "hard_cap": int(hard_cap)}))
+            "cap_micro": cap_micro, "hard_cap": int(blocks), "hard_cap_asked": int(hard_cap),
+            "allow_soft_overage": int(allow_soft_overage)}))
 
     async def config(self, account: Account) -> dict[str, str]:
         """The account's config hash, decoded (plan, status, period, budget, Stripe ids)."""

@@ -67,7 +67,7 @@ async def test_post_then_get_budget_exact_values(gw: RunningGateway) -> None:
     assert body == got.json()
     assert body == {
         "scope": "user", "id": "ann", "monthly_cap_usd": "1000.100000", "hard_cap": True,
-        "alert_email": "ops@example.com",
+        "allow_soft_overage": True, "alert_email": "ops@example.com",
         "alert_webhook": "https://hooks.example.com/budget?x=1",
         "spend_usd": "0.000000", "spend_micro_usd": 0, "spend_pct": 0.0,
         "period": {"id": "2026-11", "start": "2026-11-01T00:00:00Z",
@@ -141,7 +141,7 @@ async def test_member_key_cannot_set_and_test_key_can(gw: RunningGateway) -> Non
     {"monthly_cap_usd": "10", "alert_webhook": "https://"},
     {"monthly_cap_usd": "10", "alert_webhook": 5},
     {"monthly_cap_usd": "10", "scope": "team"},
-    {"monthly_cap_usd": "10", "allow_soft_overage": False},
+    {"monthly_cap_usd": "10", "allow_soft_overage": "no"},
 ])
 async def test_bad_input_is_400_problem_json(gw: RunningGateway, body: dict[str, object]
                                              ) -> None:
@@ -200,3 +200,13 @@ async def test_hard_cap_402_end_to_end_with_credits_then_overage(gw: RunningGate
         after = (await c.get("/billing/budget", headers={"X-Api-Key": billing})).json()
     assert soft.status_code == 200
     assert (after["spend_usd"], after["spend_pct"]) == ("0.000120", 120.0)
+    # A soft cap that allows no overage past it refuses at the cap as well.
+    async with client(gw.url) as c:
+        r = await c.post("/billing/budget", headers={"X-Api-Key": billing}, json={
+            "monthly_cap_usd": "0.00012", "hard_cap": False, "allow_soft_overage": False})
+        strict = await c.post("/api/heavy", headers={"X-Api-Key": billing})
+        shown = (await c.get("/billing/budget", headers={"X-Api-Key": billing})).json()
+    assert (r.json()["hard_cap"], r.json()["allow_soft_overage"]) == (False, False)
+    assert strict.status_code == 402 and strict.json()["code"] == "BUDGET_HARD_CAP_HIT"
+    assert (shown["hard_cap"], shown["allow_soft_overage"], shown["spend_usd"]) == (
+        False, False, "0.000120")

@@ -222,10 +222,20 @@ def _usd(micro: int) -> str:
 
 async def create_topup(request: Request) -> JSONResponse:
     ctx = context(request, write=True)
-    body = await json_body(request, {"tier": TEXT, "amount_usd": AMOUNT, "scope": TEXT,
-                                     "email": TEXT})
+    body = await json_body(request, {"tier": TEXT, "amount_usd": AMOUNT, "amount": AMOUNT,
+                                     "scope": TEXT, "email": TEXT})
     billing = ctx.runtime.rules.billing
-    micro = topup_micro(billing, body.get("tier"), body.get("amount_usd"))
+    tier, amount = body.get("tier"), body.get("amount_usd")
+    if "amount" in body:
+        # The reference's field: a tier's name ("small") or, here, an amount in USD.
+        given = body["amount"]
+        if tier is not None or amount is not None:
+            raise GatewayError("BAD_REQUEST", "send one of tier, amount_usd or amount")
+        if isinstance(given, str) and given in billing.topup_tiers:
+            tier = given
+        else:
+            amount = given
+    micro = topup_micro(billing, tier, amount)
     account = account_of(ctx.caller, body.get("scope"))
     success, cancel = _return_urls(billing, topup=True)
     key = idempotency_key(request, "topup", account)

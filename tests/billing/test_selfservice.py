@@ -353,6 +353,16 @@ async def test_topup_by_amount_is_exact(gw_one: RunningGateway, fake: FakeStripe
     assert form["metadata"]["credits_micro_usd"] == str(micro)
 
 
+@pytest.mark.parametrize(("amount", "micro"), [("medium", 25_000_000), ("12.50", 12_500_000),
+                                              (7, 7_000_000)])
+async def test_topup_by_the_references_amount_field(
+        gw_one: RunningGateway, fake: FakeStripe, amount: object, micro: int) -> None:
+    """The reference's top-up takes `amount`: a tier's name, or here also a USD amount."""
+    r = await call(gw_one, "POST", "/billing/topup", await key(gw_one), json={"amount": amount})
+    assert r.status_code == 200, r.text
+    assert r.json()["credits_micro_usd"] == micro
+
+
 @pytest.mark.parametrize("content", [
     b'{"amount_usd": 2.99}', b'{"amount_usd": 10000.01}', b'{"amount_usd": "2.99"}',
     b'{"amount_usd": 0}', b'{"amount_usd": -5}', b'{"amount_usd": 12.345}',
@@ -360,6 +370,8 @@ async def test_topup_by_amount_is_exact(gw_one: RunningGateway, fake: FakeStripe
     b'{"tier": "small", "amount_usd": 5}', b"{}", b'{"tier": "huge"}', b'{"tier": 5}',
     b'{"amount_usd": "1_000"}', b'{"amount_usd": " 5"}', b'{"amount_usd": "1e3"}',
     b'{"amount_usd": 5, "amount_usd": 9000}',           # which one? neither
+    b'{"amount": "huge"}', b'{"amount": "2.99"}', b'{"amount": "small", "tier": "small"}',
+    b'{"amount": 5, "amount_usd": 5}',
 ])
 async def test_topup_refuses_amounts_out_of_range_or_ambiguous(
         gw_one: RunningGateway, fake: FakeStripe, content: bytes) -> None:

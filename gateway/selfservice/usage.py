@@ -40,11 +40,15 @@ async def usage_me(runtime: Runtime, caller: Caller) -> dict[str, Any]:
         "billing_cycle_end": primary["period"]["end"],
         "quota": primary["quota"],
         "credits_micro_usd": primary["credits_micro_usd"],
+        "credits_usd": primary["credits_usd"],
         "usage": {
             "requests": primary["requests"],
+            "total_requests": primary["requests"],   # the reference documents' name
             "units": primary["units"],
             "breakdown_by_route": primary["breakdown_by_route"],
-            "breakdown_by_model": primary["breakdown_by_model"],
+            # Each with `model` too, as the reference documents name it.
+            "breakdown_by_model": [{"model": m["name"], **m}
+                                   for m in primary["breakdown_by_model"]],
         },
         "gauges": gauges,
         "accounts": views,

@@ -187,7 +187,9 @@ async def test_settlement_from_json_body_and_header_and_model_breakdown(
     async with client(gw.url) as c:
         me = (await c.get("/usage/me", headers={"X-Api-Key": key})).json()
     models = me["usage"]["breakdown_by_model"]
-    assert models == [{"name": "llama-70b", "requests": 1, "units": {"tokens": 37}}]
+    assert models == [{"model": "llama-70b", "name": "llama-70b", "requests": 1,
+                       "units": {"tokens": 37}}]
+    assert me["usage"]["total_requests"] == me["usage"]["requests"] == 1
 
 
 async def test_settlement_from_the_final_sse_usage_chunk(gw: RunningGateway) -> None:
@@ -308,7 +310,7 @@ async def test_usage_me_reports_plan_quota_credits_usage_and_gauges(gw: RunningG
         "oli", "w1", "user", "free")
     fcu = next(q for q in me["quota"] if q["meter"] == "fcu")
     assert (fcu["total"], fcu["used"], fcu["remaining"]) == (1000, 15, 985)
-    assert me["credits_micro_usd"] == 1_500_000
+    assert (me["credits_micro_usd"], me["credits_usd"]) == (1_500_000, "1.500000")
     assert me["usage"]["requests"] == 2
     routes = me["usage"]["breakdown_by_route"]
     assert routes == [{"name": "/api/", "requests": 2, "units": {"fcu": 15}}]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 import pytest
@@ -38,10 +38,10 @@ async def leave_early(gw: RunningGateway, key: str, request: bytes, after_s: flo
     await writer.wait_closed()
 
 
-async def until(condition: object, seconds: float = 5) -> None:
+async def until(condition: Callable[[], bool], seconds: float = 5) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    while not condition() and loop.time() < deadline:  # type: ignore[operator]
+    while not condition() and loop.time() < deadline:
         await asyncio.sleep(0.02)
 
 

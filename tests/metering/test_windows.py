@@ -17,6 +17,15 @@ from tests.redis_servers import RedisServer
 T0 = 1_795_000_000_000  # 2026-11-18, a fixed injected clock
 
 
+async def window_driver(store_url: str | None, limit: int, window: int
+                        ) -> tuple[Store, Driver]:
+    """An empty store and a debit driver whose default plan has one window of `limit`
+    units per `window` ms over all meters."""
+    store = open_store(store_url)
+    await store.client.flushdb()
+    return store, Driver(store, plan_table(free=f"-1 1 0 1 {limit}:{window}:*"))
+
+
 def assert_never_over_admits(admitted: list[tuple[int, int]], limit: int, window: int) -> None:
     """Exact reference: every trailing window (t - W, t] holds at most `limit` units."""
     admitted.sort()
@@ -39,9 +48,7 @@ def test_window_invariant_and_underadmission_bound(
     width = window // BUCKETS
 
     async def scenario() -> None:
-        store = open_store(store_url)
-        await store.client.flushdb()
-        driver = Driver(store, plan_table(free=f"-1 1 0 1 {limit}:{window}:*"))
+        store, driver = await window_driver(store_url, limit, window)
         acct = Account("user", "w")
         now = T0
         admitted: list[tuple[int, int]] = []
@@ -67,10 +74,8 @@ def test_window_invariant_and_underadmission_bound(
 
 async def test_concurrent_weighted_traffic_on_redis_time(redis_server: RedisServer) -> None:
     """Many concurrent clients, Redis TIME as the clock, weighted units: exact check."""
-    store: Store = open_store(redis_server.url)
-    await store.client.flushdb()
     limit, window = 50, 400
-    driver = Driver(store, plan_table(free=f"-1 1 0 1 {limit}:{window}:*"))
+    store, driver = await window_driver(redis_server.url, limit, window)
     acct = Account("user", "concurrent")
     admitted: list[tuple[int, int]] = []
     refused = 0
@@ -114,9 +119,7 @@ def test_the_running_total_always_equals_its_buckets(
     window, limit = 10_000, 40
 
     async def scenario() -> None:
-        store = open_store(store_url)
-        await store.client.flushdb()
-        d = Driver(store, plan_table(free=f"-1 1 0 1 {limit}:{window}:*"))
+        store, d = await window_driver(store_url, limit, window)
         acct = Account("user", "sum")
         now = T0
         for i, (op, dt, units, actual) in enumerate(ops):

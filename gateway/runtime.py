@@ -119,7 +119,7 @@ class Runtime:
         self.ready = False
 
     def _observe_store(self, op: str, seconds: float, ok: bool) -> None:
-        self.metrics.store_latency_of(op).observe(seconds)
+        self.metrics.store_latency.labels(op).observe(seconds)
         if not ok:
             self.metrics.store_errors.labels(op).inc()
 

@@ -59,8 +59,8 @@ async def test_leaving_before_the_answer_closes_the_upstream_request(
     await until(lambda: upstream.abandoned == 1)
     assert upstream.abandoned == 1  # within seconds, not the 20 s the job would take
     counted = metrics.requests.labels("/api/", "admit", "CLIENT_DISCONNECTED")
-    await until(lambda: counted._value.get() == 1)
-    assert counted._value.get() == 1
+    await until(lambda: counted.value == 1)
+    assert counted.value == 1
     assert metrics.client_disconnects.labels("/api/")._value.get() == 1
     # The request ran on the upstream until then: its units stay charged, once.
     async with client(gw.url) as c:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.caller import Caller
 from gateway.errors import GatewayError, StoreUnavailable
-from gateway.metering.accounts import Account
+from gateway.metering.accounts import Account, Scope
 from gateway.metering.plans import BUCKETS, PlanTables, key_window_spec
 from gateway.metering.scripts import Scripts
 from gateway.metering.verdict import (
@@ -32,6 +32,7 @@ from gateway.metering.verdict import (
     refuse,
 )
 from gateway.store import Store
+from gateway.store.resp import OPEN, CommandTemplate
 
 if TYPE_CHECKING:
     from gateway.rules import Rules
@@ -69,6 +70,8 @@ class MeteringEngine:
         self.clock_ms = clock_ms            # tests inject time; production uses Redis TIME
         self._no_plan: dict[str, float] = {}
         self._keys: dict[Account, list[str]] = {}
+        self._templates: dict[tuple[Any, ...], CommandTemplate] = {}
+        self._accounts: dict[Scope, dict[str, Account]] = {"workspace": {}, "user": {}}
         self._observe = observe_store or (lambda op, s, ok: None)
         self.redis_offset_ms: float | None = None  # Redis' clock minus ours, once known
 
@@ -138,26 +141,43 @@ class MeteringEngine:
         shadow = False
         accounts: list[tuple[Account, str]] = []
         if caller.workspace and self._no_plan.get(caller.workspace, 0.0) < time.monotonic():
-            accounts.append((Account("workspace", caller.workspace),
+            accounts.append((self._account("workspace", caller.workspace),
                              rules.defaults.workspace_plan or ""))
-        accounts.append((Account("user", caller.user), rules.defaults.user_plan or ""))
-        key_windows = _own_key_windows(caller)
-        pico = rules.meters[meter].pico_usd_per_unit
-        inactive = rules.billing.inactive if rules.billing else "fallback"
+        accounts.append((self._account("user", caller.user), rules.defaults.user_plan or ""))
         rid = request_id if idempotent else ""
+        # The debit's arguments that are the same on every request of this caller, route
+        # and cost (see _debit_argv for their places).
+        fixed = (units, meter, rules.meters[meter].pico_usd_per_unit, tables.by_meter[meter],
+                 _own_key_windows(caller), rid, route, caller.key_id, caller.user,
+                 int(caller.test), int(enforce),
+                 rules.billing.inactive if rules.billing else "fallback", int(replay),
+                 fingerprint, int(settles))
+        # Common case (a single Redis, no client request id): the command from a template.
+        packed = self.store.pipe is not None and not rid
         marked: Account | None = None  # an account that remembered refusing this id
         for i, (account, default_plan) in enumerate(accounts):
             followed = i < len(accounts) - 1
-            keys = self._debit_keys(account)
-            if rid:  # KEYS[5]: this request's id record, in the caller's own namespace
-                keys = [*keys[:4], account.request_key(id_record(caller, rid)), *keys[5:]]
-            reply = await self._run("debit", self.scripts.debit, keys, [
-                self._now_arg(), units, meter, pico, tables.by_meter[meter], default_plan,
-                key_windows, BUCKETS, rid, route, caller.key_id or "", caller.user,
-                int(caller.test), int(enforce), inactive, f"k:{caller.key_id}:",
-                int(replay), self.usage_retention_ms, fingerprint, int(followed and bool(rid)),
-                request_id, int(settles), "" if replay else self._not_after(),
-            ])
+            flag = int(followed and bool(rid))
+            now = self._now_arg()
+            not_after = "" if replay else self._not_after()
+            script = self.scripts.debit
+            if packed:
+                call = self.store.script_packed(script, self._debit_command(
+                    account, default_plan, flag, fixed, now, request_id, not_after))
+            else:
+                keys = self._debit_keys(account)
+                if rid:  # KEYS[5]: this request's id record, in the caller's own namespace
+                    keys = [*keys[:4], account.request_key(id_record(caller, rid)),
+                            *keys[5:]]
+                call = self.store.script(script, keys, self._debit_argv(
+                    default_plan, flag, fixed, now, request_id, not_after))
+            t0 = time.perf_counter()
+            try:
+                reply = await call
+            except BaseException:
+                self._observe("debit", time.perf_counter() - t0, False)
+                raise
+            self._observe("debit", time.perf_counter() - t0, True)
             leg = Leg.parse(account, reply)
             if leg.verdict == EXPIRED:  # (its caller has been answered 503 already)
                 raise StoreUnavailable("the store answered after the deadline")
@@ -208,6 +228,43 @@ class MeteringEngine:
             await self.store.call(self.store.client.delete(
                 marked.request_key(id_record(caller, rid))))
         return Decision(admitted=False, units=units, legs=legs, error=error)
+
+    def _debit_argv(self, plan: str, flag: int, fixed: tuple[Any, ...], now: Any,
+                    request_id: Any, not_after: Any) -> list[Any]:
+        """debit.lua's ARGV: `plan` is the account's default plan, `flag` says whether
+        a refusal is to be remembered for the request id (ARGV 20)."""
+        (units, meter, pico, table, key_windows, rid, route, key_id, user, test, enforce,
+         inactive, replay, fingerprint, settles) = fixed
+        return [now, units, meter, pico, table, plan, key_windows, BUCKETS, rid, route,
+                key_id or "", user, test, enforce, inactive, f"k:{key_id}:", replay,
+                self.usage_retention_ms, fingerprint, flag, request_id, settles, not_after]
+
+    def _debit_command(self, account: Account, plan: str, flag: int,
+                       fixed: tuple[Any, ...], now: str, request_id: str,
+                       not_after: str) -> bytes:
+        """The debit's RESP from a template: what differs per request is the clock
+        (tests only), the request id and the deadline."""
+        cache_key = (account.scope, account.id, plan, flag, fixed)
+        template = self._templates.get(cache_key)
+        if template is None:
+            if len(self._templates) > 100_000:  # bounded: start over
+                self._templates.clear()
+            script = self.scripts.debit
+            keys = self._debit_keys(account)
+            template = self._templates[cache_key] = CommandTemplate([
+                "EVALSHA", script.sha, len(keys), *keys,
+                *self._debit_argv(plan, flag, fixed, OPEN, OPEN, OPEN)])
+        return template.fill(now.encode(), request_id.encode(), not_after.encode())
+
+    def _account(self, scope: Scope, account_id: str) -> Account:
+        """The account object, made once (bounded) rather than on every request."""
+        accounts = self._accounts[scope]
+        account = accounts.get(account_id)
+        if account is None:
+            if len(accounts) > 100_000:  # bounded: start over
+                accounts.clear()
+            account = accounts[account_id] = Account(scope, account_id)
+        return account
 
     def _debit_keys(self, account: Account) -> list[str]:
         """The debit script's keys for an account (the request-id key for no id), built

@@ -63,13 +63,13 @@ class Leg:
     @classmethod
     def parse(cls, account: Account, reply: list[Any]) -> Leg:
         n = reply
-        if len(n) == 27 and type(n[0]) is int and type(n[3]) is int:
+        if len(n) == 27 and type(n[0]) is int and type(n[1]) is bytes and type(n[3]) is int:
             # The common reply: debit.lua's numbers arrive as ints, its strings as bytes.
             # (A third of the per-request cost of this method was int() on ints.)
-            return cls(account, n[0], _s(n[1]), n[2] == 1, n[3], n[4], n[5], n[6], n[7],
-                       n[8], n[9], n[10], n[11], n[12], n[13], n[14], _s(n[15]), n[16],
-                       _s(n[17]), n[18] == 1, _s(n[19]), n[20], _s(n[21]), n[22] == 1, n[23],
-                       n[24], n[25], n[26] == 1)
+            return cls(account, n[0], n[1].decode(), n[2] == 1, n[3], n[4], n[5], n[6],
+                       n[7], n[8], n[9], n[10], n[11], n[12], n[13], n[14], n[15].decode(),
+                       n[16], n[17].decode(), n[18] == 1, n[19].decode(), n[20],
+                       n[21].decode(), n[22] == 1, n[23], n[24], n[25], n[26] == 1)
         # (A first reply stored for a request id may predate the last three fields.)
         return cls(account, int(n[0]), _s(n[1]), bool(int(n[2])), int(n[3]), int(n[4]),
                    int(n[5]), int(n[6]), int(n[7]), int(n[8]), int(n[9]), int(n[10]),

@@ -5,22 +5,32 @@ at once and a protocol callback hands each reply to the oldest waiting caller (F
 decoded by hiredis' C reader. No pool checkout, no lock, no per-command task: ~15 µs of
 our CPU per call instead of redis-py's ~100 µs, and concurrent requests share writes.
 
-A lost connection fails every waiting call (the store's deadline turns that into
-STORE_UNAVAILABLE) and the next call reconnects. Cluster, Sentinel and the embedded
+Deadlines cost one timer per connection, not one per call: the timer is armed for the
+earliest deadline and, when it fires, fails every call past its own and re-arms for the
+next (under load it fires a few times a second instead of being set and cancelled on
+every request). A lost connection fails every waiting call (the store's deadline turns
+that into STORE_UNAVAILABLE) and the next call reconnects. Cluster, Sentinel and the embedded
 store use redis-py through `ScriptBatcher` instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
 from redis.exceptions import ResponseError
+
+from gateway.store.resp import pack
+
+# A timer may fire a hair early (the loop's clock resolution): a call this close to its
+# deadline is past it.
+_EARLY_S = 0.001
 
 
 class PipeError(ConnectionError):
@@ -32,25 +42,60 @@ class ReplyError(ResponseError):
     store treats both clients' errors alike)."""
 
 
-def pack(args: Sequence[Any]) -> bytes:
-    """RESP-encode one command (str, bytes, int), in C: a debit has some 30 arguments."""
-    return cast(bytes, hiredis.pack_command(tuple(args)))
+Waiting = deque[tuple[asyncio.Future[Any], float]]  # each call's future and deadline
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, waiting: deque[asyncio.Future[Any]]) -> None:
+    def __init__(self, waiting: Waiting) -> None:
         self.waiting = waiting
         self.reader = hiredis.Reader(replyError=ReplyError)
         self.transport: asyncio.Transport | None = None
-        self.lost = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()
+        self.lost = self.loop.create_future()
         # Commands queued during one loop tick leave in one write (one syscall here,
         # one read event in Redis) instead of one each.
         self._outgoing: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
-    def send(self, command: bytes) -> None:
+    def submit(self, command: bytes, deadline_s: float | None) -> asyncio.Future[Any]:
+        """Queue one RESP command; its reply (or error) arrives on the future, a
+        TimeoutError past `deadline_s`."""
+        loop = self.loop
+        future = loop.create_future()
+        if deadline_s is None:
+            self.waiting.append((future, math.inf))
+        else:
+            expires = loop.time() + deadline_s
+            self.waiting.append((future, expires))
+            if self._timer is None or expires < self._timer_at:
+                # (With one deadline for all calls, only the first call arms it.)
+                self._arm(expires)
         if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._outgoing.append(command)
+        return future
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(when, self._expire)
+        self._timer_at = when
+
+    def _expire(self) -> None:
+        """Fail the calls past their deadline; re-arm for the next one."""
+        self._timer = None
+        now = self.loop.time() + _EARLY_S
+        soonest = math.inf
+        for future, expires in self.waiting:
+            if future.done():
+                continue
+            if expires <= now:
+                future.set_exception(TimeoutError("no reply within the deadline"))
+            elif expires < soonest:
+                soonest = expires
+        if soonest != math.inf:
+            self._arm(soonest)
 
     def _flush(self) -> None:
         data, self._outgoing = b"".join(self._outgoing), []
@@ -64,7 +109,7 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
-            future = self.waiting.popleft()
+            future = self.waiting.popleft()[0]
             if future.done():  # the caller gave up; its reply is consumed and dropped
                 continue
             if isinstance(reply, ReplyError):
@@ -73,17 +118,15 @@ class _Protocol(asyncio.Protocol):
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self.waiting:
-            future = self.waiting.popleft()
+            future = self.waiting.popleft()[0]
             if not future.done():
                 future.set_exception(PipeError(f"connection lost: {exc or 'closed'}"))
         if not self.lost.done():
             self.lost.set_result(None)
-
-
-def _expire(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError("no reply within the deadline"))
 
 
 class RedisPipe:
@@ -104,7 +147,7 @@ class RedisPipe:
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
-        waiting: deque[asyncio.Future[Any]] = deque()
+        waiting: Waiting = deque()
         async with asyncio.timeout(self._connect_timeout_s):
             _, protocol = await loop.create_connection(
                 lambda: _Protocol(waiting), self._host, self._port, ssl=self._ssl)
@@ -114,13 +157,8 @@ class RedisPipe:
                          else ["AUTH", self._password])
         if self._db:
             hello.append(["SELECT", self._db])
-        assert protocol.transport is not None
         for command in hello:
-            future = loop.create_future()
-            waiting.append(future)
-            protocol.transport.write(pack(command))
-            async with asyncio.timeout(self._connect_timeout_s):
-                await future
+            await protocol.submit(pack(command), self._connect_timeout_s)
         return protocol
 
     async def _ready(self) -> _Protocol:
@@ -137,45 +175,49 @@ class RedisPipe:
                             f"{exc}") from exc
         return self._protocol
 
-    async def execute(self, *args: Any, deadline_s: float | None = None) -> Any:
-        """Send one command and wait for its reply; past `deadline_s`, TimeoutError.
-
-        The deadline is one timer on the reply's future (an asyncio.timeout block costs
-        several times more, on every request); a reply that comes after it is read and
-        dropped."""
+    def submit(self, command: bytes, deadline_s: float | None = None) -> Awaitable[Any]:
+        """Send one RESP-encoded command; await the result for its reply (past
+        `deadline_s`, TimeoutError). Connected, this is a plain future: no coroutine."""
         protocol = self._protocol
         if protocol is None or protocol.lost.done():
-            if deadline_s is None:
-                protocol = await self._ready()
-            else:
-                async with asyncio.timeout(deadline_s):
-                    protocol = await self._ready()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        protocol.waiting.append(future)
-        protocol.send(pack(args))
+            return self._submit_connecting(command, deadline_s)
+        return protocol.submit(command, deadline_s)
+
+    async def _submit_connecting(self, command: bytes, deadline_s: float | None) -> Any:
         if deadline_s is None:
-            return await future
-        timer = loop.call_later(deadline_s, _expire, future)
-        try:
-            return await future
-        finally:
-            timer.cancel()
+            protocol = await self._ready()
+        else:
+            async with asyncio.timeout(deadline_s):
+                protocol = await self._ready()
+        return await protocol.submit(command, deadline_s)
+
+    async def execute(self, *args: Any, deadline_s: float | None = None) -> Any:
+        """Send one command and wait for its reply; past `deadline_s`, TimeoutError."""
+        return await self.submit(pack(args), deadline_s)
 
     async def evalsha(self, script: Any, keys: Sequence[Any], args: Sequence[Any],
                       deadline_s: float | None = None) -> Any:
         """EVALSHA a redis-py `Script`, loading it once if Redis does not know it."""
+        return await self.evalsha_packed(
+            script, pack(["EVALSHA", script.sha, len(keys), *keys, *args]), deadline_s)
+
+    async def evalsha_packed(self, script: Any, command: bytes,
+                             deadline_s: float | None = None) -> Any:
+        """`evalsha` of a command already packed (an EVALSHA of `script`'s sha, which is
+        the SHA1 of its source: a reload gives the same one, so `command` stays valid)."""
         try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args,
-                                      deadline_s=deadline_s)
+            return await self.submit(command, deadline_s)
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        script.sha = await self.execute("SCRIPT", "LOAD", script.script, deadline_s=deadline_s)
-        if isinstance(script.sha, bytes):
-            script.sha = script.sha.decode()
-        return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args,
-                                  deadline_s=deadline_s)
+        await self.load_script(script, deadline_s)
+        return await self.submit(command, deadline_s)
+
+    async def load_script(self, script: Any, deadline_s: float | None = None) -> None:
+        """SCRIPT LOAD a redis-py `Script` (after NOSCRIPT: Redis restarted or flushed)."""
+        sha = await self.execute("SCRIPT", "LOAD", script.script, deadline_s=deadline_s)
+        if (sha.decode() if isinstance(sha, bytes) else sha) != script.sha:
+            raise PipeError(f"Redis loaded the script as {sha!r}, not {script.sha}")
 
     async def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:

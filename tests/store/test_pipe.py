@@ -109,3 +109,25 @@ async def test_reads_survive_a_redis_restart_but_writes_are_not_retried() -> Non
     finally:
         await store.close()
         server.stop()
+
+
+async def test_each_call_keeps_its_own_deadline(redis_server: RedisServer) -> None:
+    """One timer serves every waiting call: a short deadline queued behind a long one
+    still expires on time, and the long one is not cut short."""
+    loop = asyncio.get_running_loop()
+    pipe = RedisPipe(redis_server.url)
+    await pipe.execute("PING")
+    started = loop.time()
+    long = asyncio.ensure_future(pipe.execute("BLPOP", "gw:test:never", 1, deadline_s=0.8))
+    short = asyncio.ensure_future(pipe.execute("ECHO", "behind", deadline_s=0.2))
+    with pytest.raises(TimeoutError):
+        await short
+    assert 0.15 < loop.time() - started < 0.5
+    assert not long.done()
+    with pytest.raises(TimeoutError):
+        await long
+    assert 0.75 < loop.time() - started < 1.0
+    # Both late replies (nil, then "behind") are consumed and dropped, in order.
+    await asyncio.sleep(0.5)
+    assert await pipe.execute("ECHO", "next", deadline_s=0.5) == b"next"
+    await pipe.close()

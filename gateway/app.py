@@ -101,7 +101,10 @@ class GatewayApp:
             extra = [(b"x-request-id", request_id.encode())]
             # Free unless it costs units or settles to what it used (reserve 0 + settle).
             if charge.units > 0 or weight.settle is not None:
-                decision = await self._admit(charge, routing, client_request_id)
+                try:
+                    decision = await charge.admit(client_request_id)
+                except StoreUnavailable as failed:
+                    decision = self._store_failed(charge, routing, failed)
                 if not decision.admitted and decision.error is not None:
                     raise decision.error
                 extra.extend(charge.response_headers())
@@ -131,7 +134,8 @@ class GatewayApp:
                 outcome = aborted.outcome
                 await charge.close(outcome, upstream_failed=False)
                 raise
-            await charge.close(outcome, upstream_failed=False)
+            if charge.settles(outcome):
+                await charge.close(outcome, upstream_failed=False)
             m = self.metrics
             m.child(m.upstream_latency, target.name).observe(time.perf_counter() - t0)
             status = outcome.upstream_status
@@ -203,22 +207,21 @@ class GatewayApp:
         await self.billing_app(inner, receive, send_status)
         return status
 
-    async def _admit(self, charge: Charge, routing: Routing, idempotent: bool) -> Decision:
-        try:
-            return await charge.admit(idempotent)
-        except StoreUnavailable:
-            if routing.rules.store_failure == "open":
-                # Admit, and journal the usage for replay once Redis is back (SPEC §8).
-                self.metrics.fail_open.labels("open").inc()
-                caller = charge.caller
-                self.runtime.journal.record(JournalEntry(
-                    rid=charge.request_id, user=caller.user, workspace=caller.workspace,
-                    key_id=caller.key_id, test=caller.test, meter=charge.weight.meter.name,
-                    units=charge.units, route=charge.route, ts_ms=int(time.time() * 1000)))
-                self.metrics.journal_backlog.set(len(self.runtime.journal))
-                return Decision(admitted=True, units=charge.units)
-            self.metrics.fail_open.labels("closed").inc()
-            raise
+    def _store_failed(self, charge: Charge, routing: Routing, failed: StoreUnavailable
+                      ) -> Decision:
+        """The store did not answer the debit: fail open or closed, as the rules say."""
+        if routing.rules.store_failure == "open":
+            # Admit, and journal the usage for replay once Redis is back (SPEC §8).
+            self.metrics.fail_open.labels("open").inc()
+            caller = charge.caller
+            self.runtime.journal.record(JournalEntry(
+                rid=charge.request_id, user=caller.user, workspace=caller.workspace,
+                key_id=caller.key_id, test=caller.test, meter=charge.weight.meter.name,
+                units=charge.units, route=charge.route, ts_ms=int(time.time() * 1000)))
+            self.metrics.journal_backlog.set(len(self.runtime.journal))
+            return Decision(admitted=True, units=charge.units)
+        self.metrics.fail_open.labels("closed").inc()
+        raise failed
 
     async def _identify(
         self, routing: Routing, client: ClientInfo, headers: list[tuple[bytes, bytes]]

@@ -69,12 +69,17 @@ class Charge:
         if not decision.admitted and decision.error is not None:
             self.metrics.decisions.labels(decision.error.code, _deny_scope(decision)).inc()
         else:
-            self.metrics.child(self.metrics.decisions, "ADMIT", scope).inc()
+            self.metrics.decisions.labels("ADMIT", scope).inc()
         if decision.charged and leg is not None:
-            for pool, n in (("quota", leg.quota_units), ("credits", leg.credit_units),
-                            ("overage", leg.overage_units), ("grace", leg.grace_units)):
-                if n:
-                    self.metrics.child(self.metrics.units, meter, pool).inc(n)
+            units = self.metrics.units
+            if leg.quota_units:
+                units.labels(meter, "quota").inc(leg.quota_units)
+            if leg.credit_units:
+                units.labels(meter, "credits").inc(leg.credit_units)
+            if leg.overage_units:
+                units.labels(meter, "overage").inc(leg.overage_units)
+            if leg.grace_units:
+                units.labels(meter, "grace").inc(leg.grace_units)
         settle = self.weight.settle
         if decision.charged and (settle is not None or self.weight.model is not None):
             self.observer = UsageObserver(
@@ -99,6 +104,17 @@ class Charge:
             out.append((b"x-gateway-warning", b"grace: plan quota exhausted, grace in use"))
         out.extend(rate_limit_headers(d.leg))
         return out
+
+    def settles(self, outcome: Outcome) -> bool:
+        """Whether `close(outcome)` would move anything, for a response the upstream
+        answered: most charges keep their debit, and then no call is made at all.
+        (Mirrors `_actual`; a request that failed before its response always closes.)"""
+        d = self.decision
+        if d is None or not d.charged or d.leg is None:
+            return False
+        w = self.weight
+        return (w.settle is not None or w.model is not None or outcome.upstream_broken
+                or (outcome.upstream_status >= 500 and w.refund_5xx))
 
     async def close(self, outcome: Outcome | None, upstream_failed: bool) -> None:
         """Refund or settle. Never raises: the response is already decided."""

@@ -53,6 +53,9 @@ class StreamAborted(Exception):
         self.outcome = outcome
 
 
+MAX_CACHED_URLS = 4096  # per upstream: distinct paths seen, before starting over
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """One upstream, resolved once at start-up."""
@@ -61,6 +64,22 @@ class Target:
     url: httpx.URL                    # scheme://host[:port][/base-path], no trailing slash
     host_header: bytes
     timeouts: dict[str, float | None]  # httpx timeout extension: connect/read/write/pool
+    _urls: dict[bytes, httpx.URL] = field(default_factory=dict, repr=False, compare=False)
+
+    def url_for(self, path: str, query: bytes) -> httpx.URL:
+        """The upstream URL for a request's (normalised) path and query, in raw bytes:
+        the backend gets exactly the weighed path and the client's query, not a
+        re-quoted version of them. httpx parses a URL anew on every copy_with (~50 µs
+        here), so one per path is kept (bounded); a query string makes a new one."""
+        raw = self.url.raw_path.rstrip(b"/") + path.encode("ascii")
+        if query:
+            return self.url.copy_with(raw_path=raw + b"?" + query)
+        url = self._urls.get(raw)
+        if url is None:
+            if len(self._urls) >= MAX_CACHED_URLS:
+                self._urls.clear()
+            url = self._urls[raw] = self.url.copy_with(raw_path=raw)
+        return url
 
 
 @dataclass(slots=True)
@@ -131,11 +150,7 @@ async def forward(
 ) -> Outcome:
     """Forward the request; raises UpstreamFailed if nothing could be sent to the client."""
     outcome = Outcome()
-    query = scope.get("query_string", b"")
-    # Raw bytes all the way: the backend gets exactly the weighed path and the client's
-    # query, not a re-quoted version of them.
-    raw = target.url.raw_path.rstrip(b"/") + path.encode("ascii")
-    url = target.url.copy_with(raw_path=raw + b"?" + query if query else raw)
+    url = target.url_for(path, scope.get("query_string", b""))
     body = _ClientBody(receive) if with_body else None
     if body is not None and _content_length(headers) is None:
         # The client's chunked framing ended at this hop (hop-by-hop); the next hop gets

@@ -488,3 +488,19 @@ async def test_via_names_the_protocol_received(
         f"GET /api/echo HTTP/1.0\r\nHost: g\r\nX-Api-Key: {key}\r\n\r\n").encode())
     assert resp.startswith(b"HTTP/1.1 200")
     assert upstream.requests[-1].header("via") == "1.0 gateway"
+
+
+def test_upstream_urls_are_built_once_per_path_and_exactly() -> None:
+    from gateway.proxy import forward as fwd
+
+    target = fwd.Target("t", httpx.URL("http://10.0.0.1:8080/base/"), b"10.0.0.1:8080",
+                        {"connect": 1.0, "read": 1.0, "write": 1.0, "pool": 1.0})
+    first = target.url_for("/v1/a%2Fb", b"")
+    assert first is target.url_for("/v1/a%2Fb", b"")  # kept: no parsing per request
+    assert first.raw_path == b"/base/v1/a%2Fb"          # as sent, not re-quoted
+    with_query = target.url_for("/v1/x", b"q=%7E&q=2")
+    assert with_query.raw_path == b"/base/v1/x?q=%7E&q=2"
+    assert with_query is not target.url_for("/v1/x", b"q=%7E&q=2")  # queries: not kept
+    for i in range(fwd.MAX_CACHED_URLS + 10):  # bounded: starts over when full
+        assert target.url_for(f"/p{i}", b"").raw_path == f"/base/p{i}".encode()
+    assert len(target._urls) <= fwd.MAX_CACHED_URLS

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import httpx
 
 from gateway.errors import GatewayError
+from gateway.httpserver import HEAD_EXTENSION
 from gateway.proxy.departure import HeadWait, client_gone
 from gateway.proxy.headers import RawHeaders, response_headers
 
@@ -148,7 +149,10 @@ async def forward(
     extra_headers: list[tuple[bytes, bytes]] | None = None,
     observer: ResponseObserver | None = None,
 ) -> Outcome:
-    """Forward the request; raises UpstreamFailed if nothing could be sent to the client."""
+    """Forward the request; raises UpstreamFailed if nothing could be sent to the client.
+
+    `extra_headers`: the gateway's own response fields (request id, units, rate limits),
+    names and values it made or checked itself: on our server they skip its checks."""
     outcome = Outcome()
     url = target.url_for(path, scope.get("query_string", b""))
     body = _ClientBody(receive) if with_body else None
@@ -195,8 +199,11 @@ async def forward(
         raise UpstreamFailed("UPSTREAM_UNAVAILABLE", f"upstream {target.name} answered "
                              f"with status {response.status_code}, which HTTP has not")
     outcome.upstream_status = response.status_code
+    # A server that takes pre-encoded header lines (ours) gets the gateway's fields so.
+    encoded = HEAD_EXTENSION in (scope.get("extensions") or ())
     try:
-        await _relay(response, receive, send, outcome, extra_headers, observer, body, watcher)
+        await _relay(response, receive, send, outcome, extra_headers, observer, body, watcher,
+                     encoded)
     finally:
         await response.aclose()
     return outcome
@@ -211,6 +218,7 @@ async def _relay(
     observer: ResponseObserver | None,
     body: _ClientBody | None = None,
     watcher: asyncio.Task[None] | None = None,
+    encoded: bool = False,
 ) -> None:
     raw = response.headers.raw
     out_headers = response_headers(raw)
@@ -218,15 +226,19 @@ async def _relay(
         # No body follows: a Content-Length there (legal on a 304) describes another
         # response, and the server would wait for bytes that never come.
         out_headers = [(n, v) for n, v in out_headers if n != b"content-length"]
+    start: Message = {"type": "http.response.start", "status": response.status_code,
+                      "headers": out_headers}
     if extra_headers:
-        out_headers.extend(extra_headers)
+        if encoded:
+            start[HEAD_EXTENSION] = b"".join([b"%b: %b\r\n" % f for f in extra_headers])
+        else:
+            out_headers.extend(extra_headers)
     if observer is not None:
         observer.on_start(response.status_code, raw)
     expected = _content_length(raw)
     chunks = response.aiter_raw()
     try:
-        await send({"type": "http.response.start", "status": response.status_code,
-                    "headers": out_headers})
+        await send(start)
         while True:
             # Only once the request body is all read: until then its reader owns
             # receive() (and sees a departure itself); a second reader would take body

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -48,7 +49,10 @@ class HistogramChild:
         self.sum += amount
 
 
-class _Family(Collector):
+Child = TypeVar("Child", CounterChild, HistogramChild)
+
+
+class _Family(Collector, Generic[Child]):
     """One metric with labels; its children live as long as the family (label sets are
     bounded: route, meter, code…)."""
 
@@ -57,11 +61,19 @@ class _Family(Collector):
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], Child] = {}
         registry.register(self)
 
-    def _check(self, values: tuple[str, ...]) -> None:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name} has labels {self.labelnames}, got {values}")
+    def labels(self, *values: str) -> Child:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} has labels {self.labelnames}, got {values}")
+            child = self._children[values] = self._new_child()
+        return child
+
+    def _new_child(self) -> Child:
+        raise NotImplementedError
 
     def describe(self) -> Iterator[Metric]:
         yield self._empty()
@@ -70,18 +82,9 @@ class _Family(Collector):
         raise NotImplementedError
 
 
-class FastCounter(_Family):
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
-                 registry: CollectorRegistry) -> None:
-        self._children: dict[tuple[str, ...], CounterChild] = {}
-        super().__init__(name, documentation, labelnames, registry)
-
-    def labels(self, *values: str) -> CounterChild:
-        child = self._children.get(values)
-        if child is None:
-            self._check(values)
-            child = self._children[values] = CounterChild()
-        return child
+class FastCounter(_Family[CounterChild]):
+    def _new_child(self) -> CounterChild:
+        return CounterChild()
 
     def _empty(self) -> Metric:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -93,22 +96,17 @@ class FastCounter(_Family):
         yield family
 
 
-class FastHistogram(_Family):
+class FastHistogram(_Family[HistogramChild]):
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
                  registry: CollectorRegistry, buckets: Sequence[float]) -> None:
         bounds = tuple(sorted(float(b) for b in buckets))
         if not bounds or bounds[-1] != math.inf:
             bounds = (*bounds, math.inf)
         self.bounds = bounds
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
         super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> HistogramChild:
-        child = self._children.get(values)
-        if child is None:
-            self._check(values)
-            child = self._children[values] = HistogramChild(self.bounds)
-        return child
+    def _new_child(self) -> HistogramChild:
+        return HistogramChild(self.bounds)
 
     def _empty(self) -> Metric:
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)

@@ -122,11 +122,11 @@ async def test_each_call_keeps_its_own_deadline(redis_server: RedisServer) -> No
     short = asyncio.ensure_future(pipe.execute("ECHO", "behind", deadline_s=0.2))
     with pytest.raises(TimeoutError):
         await short
-    assert 0.15 < loop.time() - started < 0.5
+    assert 0.15 < loop.time() - started < 0.6  # not held up by the long one (0.8 s)
     assert not long.done()
     with pytest.raises(TimeoutError):
         await long
-    assert 0.75 < loop.time() - started < 1.0
+    assert 0.75 < loop.time() - started < 1.4
     # Both late replies (nil, then "behind") are consumed and dropped, in order.
     await asyncio.sleep(0.5)
     assert await pipe.execute("ECHO", "next", deadline_s=0.5) == b"next"

@@ -137,7 +137,7 @@ class GatewayApp:
             if charge.settles(outcome):
                 await charge.close(outcome, upstream_failed=False)
             m = self.metrics
-            m.child(m.upstream_latency, target.name).observe(time.perf_counter() - t0)
+            m.upstream_latency.labels(target.name).observe(time.perf_counter() - t0)
             status = outcome.upstream_status
             if outcome.client_disconnected:
                 code = "CLIENT_DISCONNECTED"
@@ -167,8 +167,8 @@ class GatewayApp:
             elapsed = time.perf_counter() - started
             verdict = "admit" if code in ("OK", "CLIENT_DISCONNECTED") else "reject"
             m = self.metrics
-            m.child(m.requests, route_name, verdict, code).inc()
-            m.child(m.request_latency, route_name).observe(elapsed)
+            m.requests.labels(route_name, verdict, code).inc()
+            m.request_latency.labels(route_name).observe(elapsed)
             entry.update(route=route_name, status=status, code=code,
                          ms=round(elapsed * 1000, 3),
                          bytes_out=outcome.bytes_out if outcome else 0)

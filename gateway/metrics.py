@@ -7,8 +7,6 @@ The metrics every request updates are `gateway.counters`' lock-free ones.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.counters import FastCounter, FastHistogram
@@ -22,7 +20,6 @@ STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = FastCounter(
             "gateway_requests", "Requests by route, decision and code",
@@ -103,12 +100,3 @@ class Metrics:
         self.billing_notifications = Counter(
             "gateway_billing_notifications", "Billing notifications sent to accounts",
             ["kind"], registry=r)
-
-    def child(self, metric: Any, *labels: str) -> Any:
-        """`metric.labels(*labels)`, remembered: the lookup (a lock and a dict) would
-        otherwise run several times on every request. Label sets are bounded, so is this."""
-        key = (id(metric), labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found

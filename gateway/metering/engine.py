@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -104,11 +104,12 @@ class MeteringEngine:
                 log.warning("could not read Redis' clock: %s", exc)
             await asyncio.sleep(CLOCK_SYNC_S)
 
-    async def _run(self, op: str, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _timed(self, op: str, call: Awaitable[Any]) -> Any:
+        """Await one store call, its latency observed (op: debit, settle…)."""
         t0 = time.perf_counter()
         ok = False
         try:
-            result = await self.store.script(script, keys, args)
+            result = await call
             ok = True
             return result
         finally:
@@ -171,13 +172,7 @@ class MeteringEngine:
                             *keys[5:]]
                 call = self.store.script(script, keys, self._debit_argv(
                     default_plan, flag, fixed, now, request_id, not_after))
-            t0 = time.perf_counter()
-            try:
-                reply = await call
-            except BaseException:
-                self._observe("debit", time.perf_counter() - t0, False)
-                raise
-            self._observe("debit", time.perf_counter() - t0, True)
+            reply = await self._timed("debit", call)
             leg = Leg.parse(account, reply)
             if leg.verdict == EXPIRED:  # (its caller has been answered 503 already)
                 raise StoreUnavailable("the store answered after the deadline")
@@ -309,7 +304,7 @@ class MeteringEngine:
         key_windows = ",".join(w for w in (
             _own_key_windows(caller), tables.key_windows.get((leg.plan, meter), "")) if w
         ) if counted else ""
-        reply = await self._run("settle", self.scripts.settle, [
+        reply = await self._timed("settle", self.store.script(self.scripts.settle, [
             account.credits_key, account.usage_stream, account.period_key(leg.period),
             account.settled_key(leg.debit_id or request_id), account.day_prefix,
             account.config_key, account.windows_key,
@@ -322,7 +317,7 @@ class MeteringEngine:
             kind, route, model, request_id, caller.key_id or "", caller.user,
             int(caller.test), leg.period, leg.plan, leg.now_ms, self.usage_retention_ms,
             windows, key_windows, f"k:{caller.key_id}:", BUCKETS,
-        ])
+        ]))
         # The reply holds the debit's pools after settlement: {delta, q, c, cm, o, om, g}.
         before = {"quota": leg.quota_units, "credits": leg.credit_units,
                   "overage": leg.overage_units, "grace": leg.grace_units}

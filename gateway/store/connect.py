@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from gateway.config import SettingsError
 from gateway.errors import StoreUnavailable
 from gateway.store.batch import ScriptBatcher
-from gateway.store.pipe import RedisPipe, ReplyError
+from gateway.store.pipe import RedisPipe
 from gateway.store.resp import pack
 
 log = logging.getLogger("gateway.store")
@@ -95,18 +95,10 @@ class Store:
 
     async def script_packed(self, script: Any, command: bytes) -> Any:
         """An EVALSHA of `script` already in RESP (see resp.CommandTemplate), within the
-        deadline. Only with `pipe` (a single Redis): the other clients take arguments.
-        (The pipe's own evalsha, inlined: this is every metered request's store call.)"""
-        pipe = self.pipe
-        assert pipe is not None, "packed commands need the pipelined connection"
+        deadline. Only with `pipe` (a single Redis): the other clients take arguments."""
+        assert self.pipe is not None, "packed commands need the pipelined connection"
         try:
-            try:
-                return await pipe.submit(command, self.deadline_s)
-            except ReplyError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
-                    raise
-            await pipe.load_script(script, self.deadline_s)
-            return await pipe.submit(command, self.deadline_s)
+            return await self.pipe.evalsha_packed(script, command, self.deadline_s)
         except TimeoutError as exc:
             raise StoreUnavailable() from exc
         except (RedisError, OSError) as exc:

@@ -87,6 +87,26 @@ async def test_sub_micro_prices_round_up_per_request(store: Store) -> None:
     assert leg.code == "INSUFFICIENT_CREDITS"
 
 
+async def test_usage_records_carry_what_paid_and_leave_out_what_is_zero(
+        store: Store) -> None:
+    d = Driver(store, TABLE)
+    await store.client.set(USER.credits_key, 10)
+    await d.debit(USER, 98, T0)                      # the quota pays
+    await d.debit(USER, 5, T0 + 1, rid="client-1")   # 2 from quota, 3 from credits
+    records = [{k.decode(): v.decode() for k, v in f.items()}
+               for _, f in await store.client.xrange(USER.usage_stream)]
+    common = {"kind": "debit", "meter": "fcu", "period": "2026-11", "route": "/api/",
+              "key": "key1", "user": "alice", "plan": "free"}
+    assert records[0] == {**common, "units": "98", "q": "98", "t": str(T0), "req": "-"}
+    assert records[1] == {**common, "units": "5", "q": "2", "c": "3", "cm": "6",
+                          "t": str(T0 + 1), "req": "client-1", "rid": "client-1"}
+    # The period's counters, written in one step, add up as each request did.
+    fields = {k.decode(): int(v) for k, v in
+              (await store.client.hgetall(USER.period_key("2026-11"))).items()}
+    assert fields == {"u:fcu": 103, "n": 2, "ru:/api/:fcu": 103, "rn:/api/": 2,
+                      "q:fcu": 100, "spend": 6}
+
+
 async def test_overage_with_hard_budget_cap(store: Store) -> None:
     d = Driver(store, TABLE, default_plan="payg")
     await store.client.hset(USER.config_key, mapping={"cap_micro": 100, "hard_cap": "1"})
@@ -246,11 +266,11 @@ def test_conservation_units_charged_equal_units_recorded(
                        if f[b"kind"] == b"debit")
         assert (day.get("u:fcu", 0), day.get("n:fcu", 0)) == (charged, admitted)
         entries = await store.client.xrange(USER.usage_stream)
-        spent = sum(int(f[b"cm"]) for _, f in entries)
+        spent = sum(int(f.get(b"cm", 0)) for _, f in entries)
         left = int(await store.client.get(USER.credits_key) or 0)
         assert left == credits - spent and left >= 0
         q = await d.period_field(USER, "2026-11", "q:fcu")
-        assert q == sum(int(f[b"q"]) for _, f in entries)
+        assert q == sum(int(f.get(b"q", 0)) for _, f in entries)
         await store.close()
 
     asyncio.run(scenario())

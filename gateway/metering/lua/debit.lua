@@ -106,19 +106,18 @@ if not s then
   s, e = string.find(plan_table, '\n' .. plan .. ' ', 1, true)
   if not s then return other(2, 'NO_PLAN') end
 end
-local line_end = string.find(plan_table, '\n', e + 1, true) or (#plan_table + 1)
-local fields = {}
-for f in string.gmatch(string.sub(plan_table, e + 1, line_end - 1), '%S+') do
-  fields[#fields + 1] = f
-end
-local quota = tonumber(fields[1])
-local overage = fields[2] == '1'
-local grace_pct = tonumber(fields[3])
-if fields[4] == '0' then enforce = false end
-local plan_windows = fields[5] or '-'
+-- (One anchored match reads the line's fields: no substring, no table.)
+local quota_s, overage_s, grace_s, enforce_s, plan_windows, plan_key_windows =
+  string.match(plan_table, '^(%S+) (%S+) (%S+) (%S+) ?(%S*) ?(%S*)', e + 1)
+local quota = tonumber(quota_s)
+local overage = overage_s == '1'
+local grace_pct = tonumber(grace_s)
+if enforce_s == '0' then enforce = false end
 -- Per-key windows: the plan's (scope: key) and the key's own limit. They live in this
 -- account's window hash under the key's prefix.
-local plan_key_windows = (fields[6] and fields[6] ~= '-') and fields[6] or ''
+-- (A table written for fewer fields leaves the last ones empty: none.)
+if plan_windows == '' then plan_windows = '-' end
+if plan_key_windows == '-' then plan_key_windows = '' end
 local key_windows = ARGV[7] .. ',' .. plan_key_windows
 
 -- Shadow mode keeps counters of its own ("s"-prefixed windows and quota), so its
@@ -220,8 +219,10 @@ end
 
 -- Money: plan quota -> prepaid credits -> overage (bounded by a hard cap) -> grace.
 local route = ARGV[10]
+-- (Read with the counters an admit adds to, so the admit writes them in one HSET.)
+local ru_field = 'ru:' .. route .. ':' .. meter
 local pf = redis.call('HMGET', period_key, sp .. 'q:' .. meter, sp .. 'g:' .. meter, 'spend',
-  'rn:' .. route)
+  'rn:' .. route, 'u:' .. meter, 'n', ru_field, 'o:' .. meter)
 -- The period hash gets its TTL when its first request on this route lands.
 local period_is_new = pf[4] == false
 local q_used, g_used, spend = tonumber(pf[1] or '0'), tonumber(pf[2] or '0'),
@@ -293,7 +294,7 @@ if #writes > 0 and new_bucket then
   for window_s in string.gmatch(plan_windows .. ',' .. key_windows, '%d+:(%d+):') do
     if tonumber(window_s) > longest then longest = tonumber(window_s) end
   end
-  redis.call('PEXPIRE', win_key, longest * 2)
+  redis.call('PEXPIRE', win_key, fmt(longest * 2))
 end
 if not enforce then
   -- Shadow admit: only the shadow counters move; verdict stays 0 with no code.
@@ -304,15 +305,26 @@ if not enforce then
 end
 reply[1] = 1
 
-redis.call('HINCRBY', period_key, 'u:' .. meter, units)
-redis.call('HINCRBY', period_key, 'n', 1)
-redis.call('HINCRBY', period_key, 'ru:' .. route .. ':' .. meter, units)
-redis.call('HINCRBY', period_key, 'rn:' .. route, 1)
-if take_q > 0 then redis.call('HINCRBY', period_key, 'q:' .. meter, take_q) end
-if take_g > 0 then redis.call('HINCRBY', period_key, 'g:' .. meter, take_g) end
-if take_o > 0 then redis.call('HINCRBY', period_key, 'o:' .. meter, take_o) end
-if cm + om > 0 then redis.call('HINCRBY', period_key, 'spend', cm + om) end
-if cm > 0 then redis.call('DECRBY', credits_key, cm) end
+-- The period's counters in one HSET of what was read plus this request (one call instead
+-- of up to eight HINCRBYs; the script is atomic, so nothing moves in between). Counts
+-- stay exact below 2^53, where Lua's numbers end.
+local function plus(v, n) return fmt(tonumber(v or '0') + n) end
+local counters = {'u:' .. meter, plus(pf[5], units), 'n', plus(pf[6], 1),
+  ru_field, plus(pf[7], units), 'rn:' .. route, plus(pf[4], 1)}
+if take_q > 0 then
+  counters[#counters + 1] = 'q:' .. meter; counters[#counters + 1] = fmt(q_used + take_q)
+end
+if take_g > 0 then
+  counters[#counters + 1] = 'g:' .. meter; counters[#counters + 1] = fmt(g_used + take_g)
+end
+if take_o > 0 then
+  counters[#counters + 1] = 'o:' .. meter; counters[#counters + 1] = plus(pf[8], take_o)
+end
+if cm + om > 0 then
+  counters[#counters + 1] = 'spend'; counters[#counters + 1] = fmt(spend + cm + om)
+end
+redis.call('HSET', period_key, unpack(counters))
+if cm > 0 then redis.call('DECRBY', credits_key, fmt(cm)) end
 -- Kept ~13 months: usage history outlives the period for invoices and disputes.
 if period_is_new then redis.call('PEXPIRE', period_key, 34214400000) end
 
@@ -320,18 +332,25 @@ if period_is_new then redis.call('PEXPIRE', period_key, 34214400000) end
 -- keys count apart ('t' prefix). Kept as long as the period hashes.
 local day_key = day_prefix .. day_at(now)
 local tp = ARGV[13] == '1' and 't' or ''
-if redis.call('HINCRBY', day_key, tp .. 'n:' .. meter, 1) == 1 then
+if redis.call('HINCRBY', day_key, tp .. 'n:' .. meter, '1') == 1 then
   redis.call('PEXPIRE', day_key, 34214400000)
 end
-redis.call('HINCRBY', day_key, tp .. 'u:' .. meter, units)
+redis.call('HINCRBY', day_key, tp .. 'u:' .. meter, fmt(units))
 
-reply[22] = append_usage(stream_key, tonumber(ARGV[18]), {'kind', 'debit', 'rid', rid,
-  'meter', meter,
-  'units', fmt(units), 'q', fmt(take_q), 'c', fmt(take_c), 'cm', fmt(cm),
-  'o', fmt(take_o), 'om', fmt(om), 'g', fmt(take_g), 'period', period, 'route', route,
-  'key', ARGV[11], 'user', ARGV[12], 'test', ARGV[13], 'plan', plan, 't', fmt(now),
-  'req', ARGV[21], 'open', ARGV[22]},
-  ARGV[1], now)
+-- The usage record (see put_count in lib.lua for what is left out).
+local record = {'kind', 'debit', 'meter', meter, 'units', fmt(units), 'period', period,
+  'route', route, 'key', ARGV[11], 'user', ARGV[12], 'plan', plan, 't', fmt(now),
+  'req', ARGV[21]}
+put_flag(record, 'rid', rid)
+put_count(record, 'q', take_q)
+put_count(record, 'c', take_c)
+put_count(record, 'cm', cm)
+put_count(record, 'o', take_o)
+put_count(record, 'om', om)
+put_count(record, 'g', take_g)
+put_flag(record, 'test', ARGV[13])
+put_flag(record, 'open', ARGV[22])
+reply[22] = append_usage(stream_key, tonumber(ARGV[18]), record, ARGV[1], now)
 
 if rid ~= '' then
   redis.call('HSET', rid_key, 'reply', cjson.encode(reply), 'fp', ARGV[19])

@@ -2,6 +2,8 @@
 -- each script is still one self-contained EVALSHA). One implementation of the clock,
 -- the billing period and the window reading.
 
+-- Numbers become strings here, not by `..` or by passing them to redis.call: Lua's own
+-- conversion (and Redis') prints "%.14g"/"%.17g", several times the cost of "%d".
 local function fmt(x) return string.format('%d', x) end
 
 -- Exact ceil(a / b) for non-negative integers held in doubles (a < 2^53).
@@ -29,18 +31,8 @@ local function clock_ms(arg)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Days since 1970-01-01 of a civil date, and the civil date of a day number
--- (H. Hinnant's algorithms; integer arithmetic only).
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = m > 2 and m - 3 or m + 9
-  local doy = math.floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-
+-- The civil date of a day number since 1970-01-01 (H. Hinnant's algorithm; integer
+-- arithmetic only).
 local function civil_from_days(days)
   local z = days + 719468
   local era = math.floor(z / 146097)
@@ -54,6 +46,25 @@ local function civil_from_days(days)
   local m = mp < 10 and mp + 3 or mp - 9
   if m <= 2 then y = y + 1 end
   return y, m, d
+end
+
+-- The UTC date of `ms` and its day number; the period and the day's rollup both want
+-- it, so a script converts once (per day it looks at).
+local civil_day, civil_y, civil_m, civil_d = nil, 0, 0, 0
+local function civil_at(ms)
+  local days = math.floor(ms / 86400000)
+  if days ~= civil_day then
+    civil_day = days
+    civil_y, civil_m, civil_d = civil_from_days(days)
+  end
+  return civil_y, civil_m, civil_d, days
+end
+
+local function month_days(y, m)
+  if m == 2 then
+    return (y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)) and 29 or 28
+  end
+  return (m == 4 or m == 6 or m == 9 or m == 11) and 30 or 31
 end
 
 -- Whether a subscription's status stops its plan: anything but active or trialing, and
@@ -73,16 +84,32 @@ local function period_at(now, p_start, p_end, extend)
   if p_start and p_end and now >= p_start and (now < p_end or extend) then
     return 's' .. fmt(p_start), p_start, p_end
   end
-  local y, m = civil_from_days(math.floor(now / 86400000))
-  local ny, nm = y, m + 1
-  if nm > 12 then ny, nm = y + 1, 1 end
-  return string.format('%04d-%02d', y, m), days_from_civil(y, m, 1) * 86400000,
-    days_from_civil(ny, nm, 1) * 86400000
+  local y, m, d, days = civil_at(now)
+  local start = (days - d + 1) * 86400000
+  return string.format('%04d-%02d', y, m), start, start + month_days(y, m) * 86400000
 end
 
 -- The UTC day of `ms` ("2026-11-18"): the key suffix of an account's daily rollup.
 local function day_at(ms)
-  return string.format('%04d-%02d-%02d', civil_from_days(math.floor(ms / 86400000)))
+  local y, m, d = civil_at(ms)
+  return string.format('%04d-%02d-%02d', y, m, d)
+end
+
+-- A usage record is a flat list of names and values (docs/metering.md). Counts that are
+-- 0 and flags that are off ("" or "0") are left out: a reader takes a missing field as
+-- 0 or "", and the stream, kept for weeks, holds about half as much.
+local function put_count(record, name, n)
+  if n ~= 0 then
+    record[#record + 1] = name
+    record[#record + 1] = fmt(n)
+  end
+end
+
+local function put_flag(record, name, v)
+  if v ~= '' and v ~= '0' then
+    record[#record + 1] = name
+    record[#record + 1] = v
+  end
 end
 
 -- Usage records are kept `retention_ms` by Redis' own clock (which also stamps their
@@ -113,8 +140,8 @@ end
 -- are subtracted as they go, each read once when it does.
 
 local function pair(v)  -- "<a>:<b>" -> a, b
-  local sep = string.find(v, ':', 1, true)
-  return tonumber(string.sub(v, 1, sep - 1)), tonumber(string.sub(v, sep + 1))
+  local a, b = string.match(v, '^(%d+):(%d+)')
+  return tonumber(a), tonumber(b)
 end
 
 -- Units a bucket holds, from its slot's value (0 for a stale slot).
@@ -131,19 +158,16 @@ local function window_open(win_key, prefix, window, buckets, now)
   local width = window / buckets
   local slots = buckets + 1
   local cur = math.floor(now / width)
-  local got = redis.call('HMGET', win_key, prefix .. 's', prefix .. (cur % slots))
+  local got = redis.call('HMGET', win_key, prefix .. 's', prefix .. fmt(cur % slots))
   local last, used, first = cur, 0, -1
   if got[1] then
-    local s1 = string.find(got[1], ':', 1, true)
-    local s2 = string.find(got[1], ':', s1 + 1, true)
-    last = tonumber(string.sub(got[1], 1, s1 - 1))
-    used = tonumber(string.sub(got[1], s1 + 1, s2 - 1))
-    first = tonumber(string.sub(got[1], s2 + 1))
+    local l, u, f = string.match(got[1], '^(%d+):(%d+):(-?%d+)')
+    last, used, first = tonumber(l), tonumber(u), tonumber(f)
     if last > cur then
       -- The clock stepped back: go on counting in the newest bucket (it slides out
       -- later, so this can only refuse early, never admit too much).
       cur = last
-      got[2] = redis.call('HGET', win_key, prefix .. (cur % slots))
+      got[2] = redis.call('HGET', win_key, prefix .. fmt(cur % slots))
     end
   end
   local cur_units = held(got[2], cur)
@@ -154,7 +178,7 @@ local function window_open(win_key, prefix, window, buckets, now)
       used, first = 0, -1
     else
       local names = {}
-      for b = lo, hi do names[#names + 1] = prefix .. (b % slots) end
+      for b = lo, hi do names[#names + 1] = prefix .. fmt(b % slots) end
       local vals = redis.call('HMGET', win_key, unpack(names))
       for i = 1, #names do used = used - held(vals[i], lo + i - 1) end
       if used <= 0 then
@@ -163,7 +187,7 @@ local function window_open(win_key, prefix, window, buckets, now)
         -- The oldest bucket holding units slid out: the next one is at most `last`.
         first = -1
         names = {}
-        for b = hi + 1, last do names[#names + 1] = prefix .. (b % slots) end
+        for b = hi + 1, last do names[#names + 1] = prefix .. fmt(b % slots) end
         vals = redis.call('HMGET', win_key, unpack(names))
         for i = 1, #names do
           if held(vals[i], hi + i) > 0 then first = hi + i; break end
@@ -185,7 +209,7 @@ local function window_add(win_key, st, b, units, old)
   local first = st.first
   if used == 0 then first = -1
   elseif change > 0 and (first < 0 or b < first) then first = b end
-  redis.call('HSET', win_key, st.prefix .. (b % st.slots), fmt(b) .. ':' .. fmt(new),
+  redis.call('HSET', win_key, st.prefix .. fmt(b % st.slots), fmt(b) .. ':' .. fmt(new),
     st.prefix .. 's', fmt(st.cur) .. ':' .. fmt(used) .. ':' .. fmt(first))
   return change
 end
@@ -194,7 +218,7 @@ end
 -- (read whole only when a request is refused, for its Retry-After).
 local function window_live(win_key, st, buckets)
   local names = {}
-  for b = st.cur - buckets, st.cur do names[#names + 1] = st.prefix .. (b % st.slots) end
+  for b = st.cur - buckets, st.cur do names[#names + 1] = st.prefix .. fmt(b % st.slots) end
   local vals = redis.call('HMGET', win_key, unpack(names))
   local live = {}
   for i = 1, #names do

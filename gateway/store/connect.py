@@ -167,9 +167,10 @@ def _open(url: str, deadline_s: float) -> Store:
     if parts.scheme in ("redis", "rediss", "unix"):
         client = aioredis.Redis.from_url(url, socket_timeout=socket_s,
                                          socket_connect_timeout=socket_s)
-        pipe = RedisPipe(url, connect_timeout_s=socket_s) if parts.scheme != "unix" else None
-        return Store(client, f"Redis at {parts.hostname}:{parts.port or 6379}",
-                     deadline_s=deadline_s, pipe=pipe)
+        where = (parts.path if parts.scheme == "unix"
+                 else f"{parts.hostname}:{parts.port or 6379}")
+        return Store(client, f"Redis at {where}", deadline_s=deadline_s,
+                     pipe=RedisPipe(url, connect_timeout_s=socket_s))
     raise ValueError(f"unsupported scheme {parts.scheme!r} (redis://, rediss://, "
                      "redis+cluster://, redis+sentinel://, unix://)")
 

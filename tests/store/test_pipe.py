@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,66 @@ async def test_each_call_keeps_its_own_deadline(redis_server: RedisServer) -> No
     await asyncio.sleep(0.5)
     assert await pipe.execute("ECHO", "next", deadline_s=0.5) == b"next"
     await pipe.close()
+
+
+class _CountingTransport:
+    """The real transport, its writes counted."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        self.transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+async def test_a_lone_command_goes_out_at_once_and_queued_ones_share_a_write(
+    redis_server: RedisServer,
+) -> None:
+    pipe = RedisPipe(redis_server.url)
+    await pipe.execute("PING")  # connected
+    protocol = pipe._protocol
+    assert protocol is not None and protocol.transport is not None
+    counting = _CountingTransport(protocol.transport)
+    protocol.transport = counting  # type: ignore[assignment]
+    lone = pipe.submit(b"*2\r\n$4\r\nECHO\r\n$4\r\nlone\r\n")
+    assert len(counting.writes) == 1  # written before the caller even awaits
+    assert await lone == b"lone"
+    counting.writes.clear()
+    # Ten commands made in one loop iteration: the first goes out alone, the nine made
+    # behind it in one write; every caller still gets its own reply, in order.
+    replies = await asyncio.gather(*(pipe.execute("ECHO", f"m{i}") for i in range(10)))
+    assert replies == [f"m{i}".encode() for i in range(10)]
+    assert len(counting.writes) == 2
+    assert counting.writes[1].count(b"ECHO") == 9
+    await pipe.close()
+
+
+async def test_a_unix_socket_url_uses_the_pipelined_connection(tmp_path: Path) -> None:
+    socket_path = tmp_path / "redis.sock"
+    server = start_redis("--unixsocket", str(socket_path), "--unixsocketperm", "700")
+    try:
+        url = f"unix://{socket_path}?db=2"
+        store = open_store(url)
+        assert store.pipe is not None
+        assert store.description == f"Redis at {socket_path}"
+        script = store.client.register_script(ECHO)
+        assert await store.script(script, ["k"], ["v"]) == [b"k", b"v"]
+        await store.pipe.execute("SET", "gw:test:unix", "two")
+        # The same database through redis-py and through TCP: db 2, not 0.
+        assert await store.client.get("gw:test:unix") == b"two"
+        tcp = RedisPipe(f"redis://127.0.0.1:{server.port}/2")
+        assert await tcp.execute("GET", "gw:test:unix") == b"two"
+        await tcp.close()
+        await store.close()
+        with pytest.raises(PipeError, match=str(tmp_path / "nope.sock")):
+            await RedisPipe(f"unix://{tmp_path / 'nope.sock'}").execute("PING")
+    finally:
+        server.stop()

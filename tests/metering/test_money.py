@@ -87,7 +87,7 @@ async def test_sub_micro_prices_round_up_per_request(store: Store) -> None:
     assert leg.code == "INSUFFICIENT_CREDITS"
 
 
-async def test_usage_records_carry_what_paid_and_leave_out_what_is_zero(
+async def test_usage_records_carry_every_field_and_the_period_adds_up(
         store: Store) -> None:
     d = Driver(store, TABLE)
     await store.client.set(USER.credits_key, 10)
@@ -95,11 +95,13 @@ async def test_usage_records_carry_what_paid_and_leave_out_what_is_zero(
     await d.debit(USER, 5, T0 + 1, rid="client-1")   # 2 from quota, 3 from credits
     records = [{k.decode(): v.decode() for k, v in f.items()}
                for _, f in await store.client.xrange(USER.usage_stream)]
-    common = {"kind": "debit", "meter": "fcu", "period": "2026-11", "route": "/api/",
-              "key": "key1", "user": "alice", "plan": "free"}
-    assert records[0] == {**common, "units": "98", "q": "98", "t": str(T0), "req": "-"}
-    assert records[1] == {**common, "units": "5", "q": "2", "c": "3", "cm": "6",
-                          "t": str(T0 + 1), "req": "client-1", "rid": "client-1"}
+    common = {"kind": "debit", "meter": "fcu", "o": "0", "om": "0", "g": "0",
+              "period": "2026-11", "route": "/api/", "key": "key1", "user": "alice",
+              "test": "0", "plan": "free", "open": "0"}
+    assert records[0] == {**common, "rid": "", "units": "98", "q": "98", "c": "0",
+                          "cm": "0", "t": str(T0), "req": "-"}
+    assert records[1] == {**common, "rid": "client-1", "units": "5", "q": "2", "c": "3",
+                          "cm": "6", "t": str(T0 + 1), "req": "client-1"}
     # The period's counters, written in one step, add up as each request did.
     fields = {k.decode(): int(v) for k, v in
               (await store.client.hgetall(USER.period_key("2026-11"))).items()}
@@ -266,11 +268,11 @@ def test_conservation_units_charged_equal_units_recorded(
                        if f[b"kind"] == b"debit")
         assert (day.get("u:fcu", 0), day.get("n:fcu", 0)) == (charged, admitted)
         entries = await store.client.xrange(USER.usage_stream)
-        spent = sum(int(f.get(b"cm", 0)) for _, f in entries)
+        spent = sum(int(f[b"cm"]) for _, f in entries)
         left = int(await store.client.get(USER.credits_key) or 0)
         assert left == credits - spent and left >= 0
         q = await d.period_field(USER, "2026-11", "q:fcu")
-        assert q == sum(int(f.get(b"q", 0)) for _, f in entries)
+        assert q == sum(int(f[b"q"]) for _, f in entries)
         await store.close()
 
     asyncio.run(scenario())

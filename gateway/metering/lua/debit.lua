@@ -337,19 +337,13 @@ if redis.call('HINCRBY', day_key, tp .. 'n:' .. meter, '1') == 1 then
 end
 redis.call('HINCRBY', day_key, tp .. 'u:' .. meter, fmt(units))
 
--- The usage record (see put_count in lib.lua for what is left out).
-local record = {'kind', 'debit', 'meter', meter, 'units', fmt(units), 'period', period,
-  'route', route, 'key', ARGV[11], 'user', ARGV[12], 'plan', plan, 't', fmt(now),
-  'req', ARGV[21]}
-put_flag(record, 'rid', rid)
-put_count(record, 'q', take_q)
-put_count(record, 'c', take_c)
-put_count(record, 'cm', cm)
-put_count(record, 'o', take_o)
-put_count(record, 'om', om)
-put_count(record, 'g', take_g)
-put_flag(record, 'test', ARGV[13])
-put_flag(record, 'open', ARGV[22])
+-- The usage record: every field, every time (a stream stores a record whose fields are
+-- those of its node's first one as values only; varying field sets cost more memory).
+local record = {'kind', 'debit', 'rid', rid, 'meter', meter, 'units', fmt(units),
+  'q', count(take_q), 'c', count(take_c), 'cm', count(cm), 'o', count(take_o),
+  'om', count(om), 'g', count(take_g), 'period', period, 'route', route, 'key', ARGV[11],
+  'user', ARGV[12], 'test', ARGV[13], 'plan', plan, 't', fmt(now), 'req', ARGV[21],
+  'open', ARGV[22]}
 reply[22] = append_usage(stream_key, tonumber(ARGV[18]), record, ARGV[1], now)
 
 if rid ~= '' then

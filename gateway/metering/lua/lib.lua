@@ -95,21 +95,11 @@ local function day_at(ms)
   return string.format('%04d-%02d-%02d', y, m, d)
 end
 
--- A usage record is a flat list of names and values (docs/metering.md). Counts that are
--- 0 and flags that are off ("" or "0") are left out: a reader takes a missing field as
--- 0 or "", and the stream, kept for weeks, holds about half as much.
-local function put_count(record, name, n)
-  if n ~= 0 then
-    record[#record + 1] = name
-    record[#record + 1] = fmt(n)
-  end
-end
-
-local function put_flag(record, name, v)
-  if v ~= '' and v ~= '0' then
-    record[#record + 1] = name
-    record[#record + 1] = v
-  end
+-- A count for a usage record: most are 0 (the pools that paid nothing), and "0" needs
+-- no formatting.
+local function count(n)
+  if n == 0 then return '0' end
+  return fmt(n)
 end
 
 -- Usage records are kept `retention_ms` by Redis' own clock (which also stamps their

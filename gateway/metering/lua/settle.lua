@@ -151,18 +151,9 @@ if ARGV[16] ~= '' then
 end
 -- A refunded request was not served: its id may be used again, and is charged then.
 if ARGV[14] == 'refund' then redis.call('DEL', rid_key) end
--- The usage record (see put_count in lib.lua for what is left out).
-local record = {'kind', ARGV[14], 'meter', meter, 'units', fmt(delta),
-  'period', ARGV[21], 'route', ARGV[15], 'key', ARGV[18], 'user', ARGV[19],
-  'plan', ARGV[22], 't', fmt(now), 'dt', ARGV[23], 'req', ARGV[17]}
-put_flag(record, 'rid', ARGV[17])
-put_count(record, 'q', d_q)
-put_count(record, 'c', d_c)
-put_count(record, 'cm', d_cm)
-put_count(record, 'o', d_o)
-put_count(record, 'om', d_om)
-put_count(record, 'g', d_g)
-put_flag(record, 'model', ARGV[16])
-put_flag(record, 'test', ARGV[20])
-append_usage(stream_key, tonumber(ARGV[24]), record, ARGV[1], now)
+append_usage(stream_key, tonumber(ARGV[24]), {'kind', ARGV[14], 'rid', ARGV[17],
+  'meter', meter, 'units', fmt(delta), 'q', count(d_q), 'c', count(d_c), 'cm', count(d_cm),
+  'o', count(d_o), 'om', count(d_om), 'g', count(d_g), 'period', ARGV[21],
+  'route', ARGV[15], 'model', ARGV[16], 'key', ARGV[18], 'user', ARGV[19], 'test', ARGV[20],
+  'plan', ARGV[22], 't', fmt(now), 'dt', ARGV[23], 'req', ARGV[17]}, ARGV[1], now)
 return {delta, q + d_q, c + d_c, cm + d_cm, o + d_o, om + d_om, g + d_g}

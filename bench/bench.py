@@ -387,12 +387,29 @@ class Report:
     store_calls: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
     # (case, connections) -> [(baseline req/s, case req/s)] per alternating round
     paired: dict[tuple[str, int], list[tuple[float, float]]] = field(default_factory=dict)
+    # (case, connections) -> [(baseline, case)] gateway CPU µs per request, per round
+    paired_cpu: dict[tuple[str, int], list[tuple[float, float]]] = field(
+        default_factory=dict)
 
     def paired_ratio(self, case: str, connections: int) -> float | None:
         rounds = self.paired.get((case, connections))
         if not rounds:
             return None
         return statistics.median(mine / base for base, mine in rounds if base)
+
+    def paired_spread(self, case: str, connections: int) -> tuple[float, float] | None:
+        """The lowest and highest ratio of one round: how much the machine moved."""
+        ratios = [mine / base for base, mine in self.paired.get((case, connections), [])
+                  if base]
+        return (min(ratios), max(ratios)) if ratios else None
+
+    def paired_cpu_us(self, case: str, connections: int) -> tuple[float, float] | None:
+        """Median gateway CPU (user + system) per request: baseline, case."""
+        rounds = self.paired_cpu.get((case, connections))
+        if not rounds:
+            return None
+        return (statistics.median(b for b, _ in rounds),
+                statistics.median(m for _, m in rounds))
 
     def rps(self, case: str, connections: int) -> float | None:
         for r in self.runs:
@@ -452,8 +469,9 @@ def measure(procs: Processes, cases: Sequence[Case], args: argparse.Namespace,
                 counting = case.count_store and redis_url is not None
                 before = command_calls(redis_url) if counting and redis_url else {}
                 if case.baseline_url is not None:
+                    assert gateway is not None
                     result = measure_paired(procs, case, case.baseline_url.format(**values),
-                                            url, headers, c, args, report)
+                                            url, headers, c, args, report, gateway.proc.pid)
                 else:
                     result = run_wrk(procs, url, headers, c, args.duration)
                 report.runs.append(Run(case.name, c, result))
@@ -471,24 +489,51 @@ def measure(procs: Processes, cases: Sequence[Case], args: argparse.Namespace,
                 procs.stop(gateway.proc)
 
 
-PAIRED_ROUNDS = 4
+PAIRED_ROUNDS = 6
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU a process has used (Linux /proc), None where unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def measure_paired(procs: Processes, case: Case, baseline_url: str, url: str,
                    headers: Mapping[str, str], connections: int, args: argparse.Namespace,
-                   report: Report) -> WrkResult:
+                   report: Report, gateway_pid: int) -> WrkResult:
     """Alternate baseline and case on one gateway; returns the case's last round."""
     assert case.baseline is not None
-    round_s = max(args.duration / PAIRED_ROUNDS, 1.0)
+    round_s = max(args.duration / args.paired_rounds, 1.0)
     rounds = report.paired.setdefault((case.name, connections), [])
+    cpu_rounds = report.paired_cpu.setdefault((case.name, connections), [])
     result: WrkResult | None = None
     total = 0
-    for _ in range(PAIRED_ROUNDS):
-        base = run_wrk(procs, baseline_url, headers, connections, round_s)
-        result = run_wrk(procs, url, headers, connections, round_s)
+
+    def timed(target: str) -> tuple[WrkResult, float | None]:
+        before = cpu_seconds(gateway_pid)
+        run = run_wrk(procs, target, headers, connections, round_s)
+        after = cpu_seconds(gateway_pid)
+        if before is None or after is None or not run.requests:
+            return run, None
+        return run, (after - before) * 1e6 / run.requests
+
+    for i in range(args.paired_rounds):
+        # Which goes first alternates too: a machine getting slower (or faster) during
+        # a pair does not always favour the same side.
+        if i % 2 == 0:
+            base, base_cpu = timed(baseline_url)
+            result, cpu = timed(url)
+        else:
+            result, cpu = timed(url)
+            base, base_cpu = timed(baseline_url)
         if base.errors or result.errors:
             return result if result.errors else base
         rounds.append((base.requests_per_s, result.requests_per_s))
+        if base_cpu is not None and cpu is not None:
+            cpu_rounds.append((base_cpu, cpu))
         total += result.requests
     assert result is not None
     # Latencies of the last round; requests and req/s over all of this case's rounds (the
@@ -552,9 +597,20 @@ def print_report(report: Report, cases: Sequence[Case], out: IO[str]) -> None:
             continue
         text = ", ".join(f"{_fmt_ratio(x)} at {c} conns" for c, x in ratios)
         ok = all(x is not None and x >= METERED_TARGET for _, x in ratios)
-        print(f"{case.name} vs {case.baseline} (same process, median of {PAIRED_ROUNDS} "
+        rounds = max(len(report.paired.get((case.name, c), [])) for c, _ in ratios)
+        print(f"{case.name} vs {case.baseline} (same process, median of {rounds} "
               f"alternating rounds): {text} "
               f"({'meets' if ok else 'BELOW'} the {METERED_TARGET:.0%} target)", file=out)
+        for c, _ in ratios:
+            spread = report.paired_spread(case.name, c)
+            cpu = report.paired_cpu_us(case.name, c)
+            if spread is None:
+                continue
+            line = f"  at {c} conns: rounds from {spread[0]:.2f} to {spread[1]:.2f}"
+            if cpu is not None:
+                line += (f"; gateway CPU per request {cpu[0]:.0f} µs {case.baseline}, "
+                         f"{cpu[1]:.0f} µs {case.name} (ratio {cpu[0] / cpu[1]:.2f})")
+            print(line, file=out)
         for (name, c), calls in sorted(report.store_calls.items()):
             if name == case.name:
                 detail = ", ".join(f"{cmd} {n:.2f}" for cmd, n in sorted(calls.items()))
@@ -601,6 +657,8 @@ def report_json(report: Report, cases: Sequence[Case], args: argparse.Namespace
         "metered": [{"case": c.name, "baseline": c.baseline, "connections": r.connections,
                      "ratio": report.paired_ratio(c.name, r.connections),
                      "rounds": report.paired.get((c.name, r.connections)),
+                     "gateway_cpu_us_per_request": report.paired_cpu.get((c.name,
+                                                                        r.connections)),
                      "redis_commands_per_request": report.store_calls.get((c.name,
                                                                            r.connections))}
                     for c in cases if c.baseline for r in report.runs if r.case == c.name],
@@ -616,6 +674,16 @@ def _int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError("connection counts must be positive")
     return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _transports(text: str) -> list[str]:
@@ -634,6 +702,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="comma-separated connection counts (default 8,32)")
     p.add_argument("--transports", type=_transports, default=list(TRANSPORTS),
                    help="gateway upstream transports to compare (default aiohttp,httpcore)")
+    p.add_argument("--paired-rounds", type=_positive_int, default=PAIRED_ROUNDS,
+                   help="alternating proxy-only/metered rounds that share --duration")
     p.add_argument("--sequential", type=int, default=2000,
                    help="sequential requests for the added-latency figure (0: skip)")
     p.add_argument("--store", choices=["redis", "embedded"], default="redis",

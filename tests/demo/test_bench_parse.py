@@ -97,6 +97,7 @@ def test_defaults_and_cases() -> None:
     args = parse_args(["--connections", "8,32", "--transports", "httpcore"])
     assert args.connections == [8, 32]
     assert args.duration == 10.0
+    assert args.paired_rounds == 6
     assert args.redis_url is None
     cases = default_cases(args.transports)
     assert cases[0] == DIRECT
@@ -112,7 +113,7 @@ def test_defaults_and_cases() -> None:
 
 
 @pytest.mark.parametrize("argv", [["--transports", "curl"], ["--connections", "0"],
-                                  ["--connections", "eight"]])
+                                  ["--connections", "eight"], ["--paired-rounds", "0"]])
 def test_bad_arguments(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parse_args(argv)
@@ -143,19 +144,25 @@ def test_report_ratios_table_and_json() -> None:
     report.runs.append(Run("gateway-aiohttp-metered", 8, WrkResult(2300.0, 3.2, 6.5, 9200)))
     report.paired[("gateway-aiohttp-metered", 8)] = [(2500.0, 2300.0), (2400.0, 2280.0),
                                                     (2600.0, 2000.0)]
+    report.paired_cpu[("gateway-aiohttp-metered", 8)] = [(300.0, 330.0), (310.0, 320.0),
+                                                        (290.0, 350.0)]
     report.store_calls[("gateway-aiohttp-metered", 8)] = {"evalsha": 1.0, "hincrby": 5.0}
     out = io.StringIO()
     print_report(report, default_cases(["aiohttp", "httpcore"]), out)
     text = out.getvalue()
     # The median of the per-round ratios (0.92, 0.95, 0.77), not of the rates.
-    assert ("gateway-aiohttp-metered vs gateway-aiohttp (same process, median of 4 "
+    assert ("gateway-aiohttp-metered vs gateway-aiohttp (same process, median of 3 "
             "alternating rounds): 0.92 at 8 conns (meets the 90% target)") in text
+    # How far apart the rounds were, and the CPU each request cost the gateway (medians).
+    assert ("at 8 conns: rounds from 0.77 to 0.95; gateway CPU per request 300 µs gateway-aiohttp, "
+            "330 µs gateway-aiohttp-metered (ratio 0.91)") in text
     assert "Redis round trips per request at 8 conns: 1.00" in text
 
     data = report_json(report, default_cases(["aiohttp", "httpcore"]),
                        _args(store="embedded"))
     assert data["config"]["store"] == "embedded"
     assert data["metered"][0]["ratio"] == pytest.approx(0.92)
+    assert data["metered"][0]["gateway_cpu_us_per_request"][0] == (300.0, 330.0)
     assert [r["ratio_vs_direct"] for r in data["runs"]] == pytest.approx(
         [1.0, 0.25, 0.05, 0.23])
     assert data["runs"][2]["flagged"] is True

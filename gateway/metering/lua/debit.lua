@@ -311,18 +311,14 @@ reply[1] = 1
 local function plus(v, n) return fmt(tonumber(v or '0') + n) end
 local counters = {'u:' .. meter, plus(pf[5], units), 'n', plus(pf[6], 1),
   ru_field, plus(pf[7], units), 'rn:' .. route, plus(pf[4], 1)}
-if take_q > 0 then
-  counters[#counters + 1] = 'q:' .. meter; counters[#counters + 1] = fmt(q_used + take_q)
+local function also(field, value)
+  counters[#counters + 1] = field
+  counters[#counters + 1] = value
 end
-if take_g > 0 then
-  counters[#counters + 1] = 'g:' .. meter; counters[#counters + 1] = fmt(g_used + take_g)
-end
-if take_o > 0 then
-  counters[#counters + 1] = 'o:' .. meter; counters[#counters + 1] = plus(pf[8], take_o)
-end
-if cm + om > 0 then
-  counters[#counters + 1] = 'spend'; counters[#counters + 1] = fmt(spend + cm + om)
-end
+if take_q > 0 then also('q:' .. meter, fmt(q_used + take_q)) end
+if take_g > 0 then also('g:' .. meter, fmt(g_used + take_g)) end
+if take_o > 0 then also('o:' .. meter, plus(pf[8], take_o)) end
+if cm + om > 0 then also('spend', fmt(spend + cm + om)) end
 redis.call('HSET', period_key, unpack(counters))
 if cm > 0 then redis.call('DECRBY', credits_key, fmt(cm)) end
 -- Kept ~13 months: usage history outlives the period for invoices and disputes.

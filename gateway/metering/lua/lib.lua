@@ -130,7 +130,7 @@ end
 -- are subtracted as they go, each read once when it does.
 
 local function pair(v)  -- "<a>:<b>" -> a, b
-  local a, b = string.match(v, '^(%d+):(%d+)')
+  local a, b = string.match(v, '^(-?%d+):(-?%d+)')
   return tonumber(a), tonumber(b)
 end
 
@@ -151,7 +151,7 @@ local function window_open(win_key, prefix, window, buckets, now)
   local got = redis.call('HMGET', win_key, prefix .. 's', prefix .. fmt(cur % slots))
   local last, used, first = cur, 0, -1
   if got[1] then
-    local l, u, f = string.match(got[1], '^(%d+):(%d+):(-?%d+)')
+    local l, u, f = string.match(got[1], '^(-?%d+):(-?%d+):(-?%d+)')
     last, used, first = tonumber(l), tonumber(u), tonumber(f)
     if last > cur then
       -- The clock stepped back: go on counting in the newest bucket (it slides out

@@ -39,7 +39,8 @@ def test_the_command_line_prints_a_sentence_not_a_traceback(
 @pytest.mark.parametrize(("url", "says"), [
     ("http://x", "unsupported scheme 'http'"), ("redis://:abc", "no host"),
     ("redis://127.0.0.1:6379/x", "the database must be a number"),
-    ("redis+sentinel://127.0.0.1:26379", "needs a service name")])
+    ("redis+sentinel://127.0.0.1:26379", "needs a service name"),
+    ("unix://", "no socket path"), ("unix:///run/redis.sock?db=two", "must be a number")])
 def test_a_store_url_it_cannot_use_is_one_line(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str,
         says: str) -> None:

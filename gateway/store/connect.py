@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -140,6 +140,12 @@ def _open(url: str, deadline_s: float) -> Store:
         number = parts.path.strip("/")
         if number and not (number.isascii() and number.isdigit()):
             raise ValueError(f"the database must be a number, not {number!r}")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("no socket path (unix:///path/to/redis.sock?db=N)")
+        socket_db = parse_qs(parts.query).get("db", ["0"])[0]
+        if not (socket_db.isascii() and socket_db.isdigit()):
+            raise ValueError(f"the database must be a number, not {socket_db!r}")
     # The socket timeouts are a backstop; Store.call's deadline is the real limit.
     socket_s = deadline_s * 4
     client: Any

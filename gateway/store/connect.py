@@ -38,6 +38,17 @@ T = TypeVar("T")
 DEFAULT_DEADLINE_S = 0.25
 
 
+def unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """What a failed store call means for the request: STORE_UNAVAILABLE when the store
+    did not answer in time or answered with an error; None for anything else (a bug in
+    the caller, which must surface as itself)."""
+    if isinstance(exc, TimeoutError):
+        return StoreUnavailable()
+    if isinstance(exc, (RedisError, OSError)):
+        return StoreUnavailable(f"store error: {type(exc).__name__}")
+    return None
+
+
 @dataclass
 class Store:
     """A Redis-compatible client plus the facts the gateway needs about it."""
@@ -69,10 +80,11 @@ class Store:
         try:
             async with asyncio.timeout(deadline_s or self.deadline_s):
                 return await awaitable
-        except TimeoutError as exc:
-            raise StoreUnavailable() from exc
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"store error: {type(exc).__name__}") from exc
+        except Exception as exc:
+            failure = unavailable(exc)
+            if failure is None:
+                raise
+            raise failure from exc
 
     async def read(self, make: Callable[[], Awaitable[T]], deadline_s: float | None = None
                    ) -> T:
@@ -99,10 +111,11 @@ class Store:
         assert self.pipe is not None, "packed commands need the pipelined connection"
         try:
             return await self.pipe.evalsha_packed(script, command, self.deadline_s)
-        except TimeoutError as exc:
-            raise StoreUnavailable() from exc
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"store error: {type(exc).__name__}") from exc
+        except Exception as exc:
+            failure = unavailable(exc)
+            if failure is None:
+                raise
+            raise failure from exc
 
     async def ping(self) -> bool:
         try:

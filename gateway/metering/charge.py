@@ -53,39 +53,40 @@ class Charge:
 
     async def admit(self, idempotent: bool) -> Decision:
         """Debit the reserve (or the fixed units). A refused decision carries the error."""
-        enforce = self.rules.enforce and self.weight.enforce is not False
-        meter = self.weight.meter.name
+        weight = self.weight
+        units = self.units
+        meter = weight.meter.name
+        settle = weight.settle
         decision = await self.engine.admit(
-            self.rules, self.tables, self.caller, meter=meter, units=self.units,
+            self.rules, self.tables, self.caller, meter=meter, units=units,
             route=self.route, request_id=self.request_id, idempotent=idempotent,
-            enforce=enforce,
-            fingerprint=f"{self.fingerprint} {meter} {self.units}" if idempotent else "",
-            settles=self.weight.settle is not None)
+            enforce=self.rules.enforce and weight.enforce is not False,
+            fingerprint=f"{self.fingerprint} {meter} {units}" if idempotent else "",
+            settles=settle is not None)
         self.decision = decision
         leg = decision.leg
-        scope = leg.account.scope if leg else "none"
+        metrics = self.metrics
         if decision.shadow_code:
-            self.metrics.shadow_rejects.labels(self.route, decision.shadow_code).inc()
+            metrics.shadow_rejects.labels(self.route, decision.shadow_code).inc()
         if not decision.admitted and decision.error is not None:
-            self.metrics.decisions.labels(decision.error.code, _deny_scope(decision)).inc()
+            metrics.decisions.labels(decision.error.code, _deny_scope(decision)).inc()
         else:
-            self.metrics.decisions.labels("ADMIT", scope).inc()
+            metrics.decisions.labels("ADMIT", leg.account.scope if leg else "none").inc()
         if decision.charged and leg is not None:
-            units = self.metrics.units
             if leg.quota_units:
-                units.labels(meter, "quota").inc(leg.quota_units)
+                metrics.units.labels(meter, "quota").inc(leg.quota_units)
             if leg.credit_units:
-                units.labels(meter, "credits").inc(leg.credit_units)
+                metrics.units.labels(meter, "credits").inc(leg.credit_units)
             if leg.overage_units:
-                units.labels(meter, "overage").inc(leg.overage_units)
+                metrics.units.labels(meter, "overage").inc(leg.overage_units)
             if leg.grace_units:
-                units.labels(meter, "grace").inc(leg.grace_units)
-        settle = self.weight.settle
-        if decision.charged and (settle is not None or self.weight.model is not None):
-            self.observer = UsageObserver(
-                json_path=settle.json_path if settle else None,
-                header=settle.header.lower().encode() if settle and settle.header else None,
-                model_path=self.weight.model.json_path if self.weight.model else None)
+                metrics.units.labels(meter, "grace").inc(leg.grace_units)
+            if settle is not None or weight.model is not None:
+                self.observer = UsageObserver(
+                    json_path=settle.json_path if settle else None,
+                    header=settle.header.lower().encode() if settle and settle.header
+                    else None,
+                    model_path=weight.model.json_path if weight.model else None)
         return decision
 
     def response_headers(self) -> list[tuple[bytes, bytes]]:

@@ -32,7 +32,7 @@ from gateway.metering.verdict import (
     refuse,
 )
 from gateway.store import Store
-from gateway.store.connect import unavailable
+from gateway.store.connect import reraise
 from gateway.store.pipe import ReplyError
 from gateway.store.resp import OPEN, CommandTemplate
 
@@ -77,8 +77,7 @@ class MeteringEngine:
         self._prepared_for: tuple[Rules | None, PlanTables | None] = (None, None)
         self._accounts: dict[Scope, dict[str, Account]] = {"workspace": {}, "user": {}}
         self._observe = observe_store or (lambda op, s, ok: None)
-        self._redis_offset_ms: float | None = None
-        self._late_ms: float | None = None
+        self._late_ms: float | None = None  # Redis' clock minus ours, plus the deadline
 
     def _now_arg(self) -> str:
         return str(self.clock_ms()) if self.clock_ms is not None else ""
@@ -89,19 +88,6 @@ class MeteringEngine:
             return ""
         return str(int(time.time() * 1000 + self._late_ms))
 
-    @property
-    def redis_offset_ms(self) -> float | None:
-        """Redis' clock minus ours, once known."""
-        return self._redis_offset_ms
-
-    @redis_offset_ms.setter
-    def redis_offset_ms(self, offset: float | None) -> None:
-        self._redis_offset_ms = offset
-        # Our clock plus this is a debit's deadline in Redis' clock (one addition on
-        # every request instead of four).
-        self._late_ms = None if offset is None else (
-            offset + self.store.deadline_s * 1000 + LATE_AFTER_DEADLINE_MS)
-
     async def sync_clock(self) -> None:
         """Measure Redis' clock against ours (TIME, halfway through the round trip)."""
         t0 = time.time()
@@ -110,7 +96,10 @@ class MeteringEngine:
         if isinstance(reply, dict):  # a Cluster answers per node
             reply = next(iter(reply.values()))
         seconds, micros = reply
-        self.redis_offset_ms = int(seconds) * 1000 + int(micros) / 1000 - (t0 + t1) * 500
+        offset_ms = int(seconds) * 1000 + int(micros) / 1000 - (t0 + t1) * 500
+        # Our clock plus this is a debit's deadline in Redis' clock (one addition on
+        # every request).
+        self._late_ms = offset_ms + self.store.deadline_s * 1000 + LATE_AFTER_DEADLINE_MS
 
     async def keep_clock(self) -> None:
         """Keep the clock offset fresh (a task of the running gateway)."""
@@ -247,20 +236,13 @@ class MeteringEngine:
         try:
             try:
                 reply = await pipe.submit(command, store.deadline_s)
-            except ReplyError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
-                    raise
-                # Redis restarted or was flushed. A script it did not know did not run:
-                # sending the debit again (the sha is the same) charges nothing twice.
-                await pipe.load_script(self.scripts.debit, store.deadline_s)
-                reply = await pipe.submit(command, store.deadline_s)
+            except ReplyError as exc:  # NOSCRIPT: loaded and sent again, charged once
+                reply = await pipe.after_noscript(exc, self.scripts.debit, command,
+                                                  store.deadline_s)
             ok = True
             return reply
         except Exception as exc:
-            failure = unavailable(exc)
-            if failure is None:
-                raise
-            raise failure from exc
+            reraise(exc)
         finally:
             self._observe("debit", time.perf_counter() - t0, ok)
 

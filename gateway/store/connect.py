@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio as aioredis
@@ -38,15 +38,15 @@ T = TypeVar("T")
 DEFAULT_DEADLINE_S = 0.25
 
 
-def unavailable(exc: BaseException) -> StoreUnavailable | None:
-    """What a failed store call means for the request: STORE_UNAVAILABLE when the store
-    did not answer in time or answered with an error; None for anything else (a bug in
-    the caller, which must surface as itself)."""
+def reraise(exc: Exception) -> NoReturn:
+    """Raise what a failed store call means for the request: STORE_UNAVAILABLE when the
+    store did not answer in time or answered with an error; anything else (a bug in the
+    caller) as itself."""
     if isinstance(exc, TimeoutError):
-        return StoreUnavailable()
+        raise StoreUnavailable() from exc
     if isinstance(exc, (RedisError, OSError)):
-        return StoreUnavailable(f"store error: {type(exc).__name__}")
-    return None
+        raise StoreUnavailable(f"store error: {type(exc).__name__}") from exc
+    raise exc
 
 
 @dataclass
@@ -81,10 +81,7 @@ class Store:
             async with asyncio.timeout(deadline_s or self.deadline_s):
                 return await awaitable
         except Exception as exc:
-            failure = unavailable(exc)
-            if failure is None:
-                raise
-            raise failure from exc
+            reraise(exc)
 
     async def read(self, make: Callable[[], Awaitable[T]], deadline_s: float | None = None
                    ) -> T:
@@ -112,10 +109,7 @@ class Store:
         try:
             return await self.pipe.evalsha_packed(script, command, self.deadline_s)
         except Exception as exc:
-            failure = unavailable(exc)
-            if failure is None:
-                raise
-            raise failure from exc
+            reraise(exc)
 
     async def ping(self) -> bool:
         try:

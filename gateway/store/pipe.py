@@ -234,8 +234,16 @@ class RedisPipe:
         try:
             return await self.submit(command, deadline_s)
         except ReplyError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
+            return await self.after_noscript(exc, script, command, deadline_s)
+
+    async def after_noscript(self, exc: ReplyError, script: Any, command: bytes,
+                             deadline_s: float | None = None) -> Any:
+        """What follows an EVALSHA of `script` answered with `exc`: for NOSCRIPT (Redis
+        restarted or was flushed) the script is loaded and `command` sent again — a
+        script Redis did not know did not run, so nothing is done twice; any other
+        error reply is raised."""
+        if not str(exc).startswith("NOSCRIPT"):
+            raise exc
         await self.load_script(script, deadline_s)
         return await self.submit(command, deadline_s)
 

@@ -79,14 +79,13 @@ class MeteringEngine:
         self._observe = observe_store or (lambda op, s, ok: None)
         self._late_ms: float | None = None  # Redis' clock minus ours, plus the deadline
 
-    def _now_arg(self) -> str:
-        return str(self.clock_ms()) if self.clock_ms is not None else ""
+    def _now_arg(self) -> bytes:
+        return b"%d" % self.clock_ms() if self.clock_ms is not None else b""
 
-    def _not_after(self) -> str:
+    def _not_after(self) -> bytes:
         """The Redis time after which this debit must do nothing (see debit.lua)."""
-        if self._late_ms is None:
-            return ""
-        return str(int(time.time() * 1000 + self._late_ms))
+        late = self._late_ms
+        return b"" if late is None else b"%d" % (time.time() * 1000 + late)
 
     async def sync_clock(self) -> None:
         """Measure Redis' clock against ours (TIME, halfway through the round trip)."""
@@ -163,14 +162,13 @@ class MeteringEngine:
             if followed and self._no_plan.get(account.id, 0.0) >= time.monotonic():
                 continue
             now = self._now_arg()
-            not_after = "" if replay else self._not_after()
+            not_after = b"" if replay else self._not_after()
+            # (`fast` says which of the two the cascade holds; no isinstance per request.)
             if fast:
-                assert isinstance(command, CommandTemplate)
-                reply = await self._debit(command.fill(now.encode(), request_id.encode(),
-                                                       not_after.encode()))
+                template: CommandTemplate = command  # type: ignore[assignment]
+                reply = await self._debit(template.fill(now, request_id.encode(), not_after))
             else:
-                assert isinstance(command, tuple)
-                keys, argv = command
+                keys, argv = command  # type: ignore[misc]
                 reply = await self._timed("debit", self.store.script(
                     self.scripts.debit, keys, [now, *argv, request_id, int(settles),
                                                not_after]))

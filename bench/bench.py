@@ -390,6 +390,11 @@ class Report:
     # (case, connections) -> [(baseline, case)] gateway CPU µs per request, per round
     paired_cpu: dict[tuple[str, int], list[tuple[float, float]]] = field(
         default_factory=dict)
+    # (case, connections) -> [((reads, writes) baseline, (reads, writes) case)] system
+    # calls of the gateway per request, per round
+    paired_syscalls: dict[tuple[str, int], list[tuple[tuple[float, float],
+                                                      tuple[float, float]]]] = field(
+        default_factory=dict)
 
     def paired_ratio(self, case: str, connections: int) -> float | None:
         rounds = self.paired.get((case, connections))
@@ -410,6 +415,17 @@ class Report:
             return None
         return (statistics.median(b for b, _ in rounds),
                 statistics.median(m for _, m in rounds))
+
+    def paired_syscalls_per_request(self, case: str, connections: int
+                                    ) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """Mean gateway reads and writes per request: baseline, case."""
+        rounds = self.paired_syscalls.get((case, connections))
+        if not rounds:
+            return None
+
+        def mean(side: int, kind: int) -> float:
+            return statistics.mean(r[side][kind] for r in rounds)
+        return (mean(0, 0), mean(0, 1)), (mean(1, 0), mean(1, 1))
 
     def rps(self, case: str, connections: int) -> float | None:
         for r in self.runs:
@@ -501,6 +517,17 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def syscalls(pid: int) -> tuple[int, int] | None:
+    """Read and write system calls a process has made (Linux /proc), None where
+    unreadable: a debit's share of a write to Redis says how well commands coalesce."""
+    try:
+        io = dict(line.split(": ", 1)
+                  for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        return int(io["syscr"]), int(io["syscw"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def measure_paired(procs: Processes, case: Case, baseline_url: str, url: str,
                    headers: Mapping[str, str], connections: int, args: argparse.Namespace,
                    report: Report, gateway_pid: int) -> WrkResult:
@@ -509,31 +536,36 @@ def measure_paired(procs: Processes, case: Case, baseline_url: str, url: str,
     round_s = max(args.duration / args.paired_rounds, 1.0)
     rounds = report.paired.setdefault((case.name, connections), [])
     cpu_rounds = report.paired_cpu.setdefault((case.name, connections), [])
+    call_rounds = report.paired_syscalls.setdefault((case.name, connections), [])
     result: WrkResult | None = None
     total = 0
 
-    def timed(target: str) -> tuple[WrkResult, float | None]:
-        before = cpu_seconds(gateway_pid)
+    def timed(target: str) -> tuple[WrkResult, float | None, tuple[float, float] | None]:
+        before, calls_before = cpu_seconds(gateway_pid), syscalls(gateway_pid)
         run = run_wrk(procs, target, headers, connections, round_s)
-        after = cpu_seconds(gateway_pid)
-        if before is None or after is None or not run.requests:
-            return run, None
-        return run, (after - before) * 1e6 / run.requests
+        after, calls_after = cpu_seconds(gateway_pid), syscalls(gateway_pid)
+        n = run.requests
+        cpu = None if before is None or after is None or not n else (after - before) * 1e6 / n
+        calls = None if calls_before is None or calls_after is None or not n else (
+            (calls_after[0] - calls_before[0]) / n, (calls_after[1] - calls_before[1]) / n)
+        return run, cpu, calls
 
     for i in range(args.paired_rounds):
         # Which goes first alternates too: a machine getting slower (or faster) during
         # a pair does not always favour the same side.
         if i % 2 == 0:
-            base, base_cpu = timed(baseline_url)
-            result, cpu = timed(url)
+            base, base_cpu, base_calls = timed(baseline_url)
+            result, cpu, calls = timed(url)
         else:
-            result, cpu = timed(url)
-            base, base_cpu = timed(baseline_url)
+            result, cpu, calls = timed(url)
+            base, base_cpu, base_calls = timed(baseline_url)
         if base.errors or result.errors:
             return result if result.errors else base
         rounds.append((base.requests_per_s, result.requests_per_s))
         if base_cpu is not None and cpu is not None:
             cpu_rounds.append((base_cpu, cpu))
+        if base_calls is not None and calls is not None:
+            call_rounds.append((base_calls, calls))
         total += result.requests
     assert result is not None
     # Latencies of the last round; requests and req/s over all of this case's rounds (the
@@ -591,17 +623,18 @@ def print_report(report: Report, cases: Sequence[Case], out: IO[str]) -> None:
     for case in cases:
         if case.baseline is None:
             continue
-        ratios = [(r.connections, report.paired_ratio(case.name, r.connections))
+        paired = [(r.connections, report.paired_ratio(case.name, r.connections))
                   for r in report.runs if r.case == case.name]
-        if not ratios:
+        if not paired:
             continue
-        text = ", ".join(f"{_fmt_ratio(x)} at {c} conns" for c, x in ratios)
-        ok = all(x is not None and x >= METERED_TARGET for _, x in ratios)
-        rounds = max(len(report.paired.get((case.name, c), [])) for c, _ in ratios)
+        # Three decimals: at two, 0.897 would read "0.90 ... BELOW the 90% target".
+        text = ", ".join(f"{'-' if x is None else f'{x:.3f}'} at {c} conns" for c, x in paired)
+        ok = all(x is not None and x >= METERED_TARGET for _, x in paired)
+        rounds = max(len(report.paired.get((case.name, c), [])) for c, _ in paired)
         print(f"{case.name} vs {case.baseline} (same process, median of {rounds} "
               f"alternating rounds): {text} "
               f"({'meets' if ok else 'BELOW'} the {METERED_TARGET:.0%} target)", file=out)
-        for c, _ in ratios:
+        for c, _ in paired:
             spread = report.paired_spread(case.name, c)
             cpu = report.paired_cpu_us(case.name, c)
             if spread is None:
@@ -611,6 +644,11 @@ def print_report(report: Report, cases: Sequence[Case], out: IO[str]) -> None:
                 line += (f"; gateway CPU per request {cpu[0]:.0f} µs {case.baseline}, "
                          f"{cpu[1]:.0f} µs {case.name} (ratio {cpu[0] / cpu[1]:.2f})")
             print(line, file=out)
+            per_request = report.paired_syscalls_per_request(case.name, c)
+            if per_request is not None:
+                (br, bw), (mr, mw) = per_request
+                print(f"  at {c} conns: gateway reads + writes per request {br:.2f} + "
+                      f"{bw:.2f} {case.baseline}, {mr:.2f} + {mw:.2f} {case.name}", file=out)
         for (name, c), calls in sorted(report.store_calls.items()):
             if name == case.name:
                 detail = ", ".join(f"{cmd} {n:.2f}" for cmd, n in sorted(calls.items()))
@@ -659,6 +697,8 @@ def report_json(report: Report, cases: Sequence[Case], args: argparse.Namespace
                      "rounds": report.paired.get((c.name, r.connections)),
                      "gateway_cpu_us_per_request": report.paired_cpu.get((c.name,
                                                                         r.connections)),
+                     "gateway_syscalls_per_request": report.paired_syscalls.get(
+                         (c.name, r.connections)),
                      "redis_commands_per_request": report.store_calls.get((c.name,
                                                                            r.connections))}
                     for c in cases if c.baseline for r in report.runs if r.case == c.name],

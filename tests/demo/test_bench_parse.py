@@ -146,16 +146,21 @@ def test_report_ratios_table_and_json() -> None:
                                                     (2600.0, 2000.0)]
     report.paired_cpu[("gateway-aiohttp-metered", 8)] = [(300.0, 330.0), (310.0, 320.0),
                                                         (290.0, 350.0)]
+    report.paired_syscalls[("gateway-aiohttp-metered", 8)] = [((2.0, 4.0), (2.5, 4.5)),
+                                                             ((2.0, 4.0), (2.3, 4.3))]
     report.store_calls[("gateway-aiohttp-metered", 8)] = {"evalsha": 1.0, "hincrby": 5.0}
     out = io.StringIO()
     print_report(report, default_cases(["aiohttp", "httpcore"]), out)
     text = out.getvalue()
     # The median of the per-round ratios (0.92, 0.95, 0.77), not of the rates.
     assert ("gateway-aiohttp-metered vs gateway-aiohttp (same process, median of 3 "
-            "alternating rounds): 0.92 at 8 conns (meets the 90% target)") in text
+            "alternating rounds): 0.920 at 8 conns (meets the 90% target)") in text
     # How far apart the rounds were, and the CPU each request cost the gateway (medians).
     assert ("at 8 conns: rounds from 0.77 to 0.95; gateway CPU per request 300 µs gateway-aiohttp, "
             "330 µs gateway-aiohttp-metered (ratio 0.91)") in text
+    # The gateway's system calls per request, each side (means over the rounds).
+    assert ("at 8 conns: gateway reads + writes per request 2.00 + 4.00 gateway-aiohttp, "
+            "2.40 + 4.40 gateway-aiohttp-metered") in text
     assert "Redis round trips per request at 8 conns: 1.00" in text
 
     data = report_json(report, default_cases(["aiohttp", "httpcore"]),
@@ -163,6 +168,7 @@ def test_report_ratios_table_and_json() -> None:
     assert data["config"]["store"] == "embedded"
     assert data["metered"][0]["ratio"] == pytest.approx(0.92)
     assert data["metered"][0]["gateway_cpu_us_per_request"][0] == (300.0, 330.0)
+    assert data["metered"][0]["gateway_syscalls_per_request"][1] == ((2.0, 4.0), (2.3, 4.3))
     assert [r["ratio_vs_direct"] for r in data["runs"]] == pytest.approx(
         [1.0, 0.25, 0.05, 0.23])
     assert data["runs"][2]["flagged"] is True
@@ -177,3 +183,12 @@ def test_partial_report_prints_only_what_ran() -> None:
     text = out.getvalue()
     assert "direct" in text
     assert "gateway-" not in text  # no empty ratio lines for cases that never ran
+
+
+def test_a_ratio_just_below_the_target_does_not_read_as_on_it() -> None:
+    report = Report()
+    report.runs.append(Run("gateway-aiohttp-metered", 8, WrkResult(897.0, 3.0, 6.0, 8970)))
+    report.paired[("gateway-aiohttp-metered", 8)] = [(1000.0, 897.0)]
+    out = io.StringIO()
+    print_report(report, default_cases(["aiohttp"]), out)
+    assert "0.897 at 8 conns (BELOW the 90% target)" in out.getvalue()

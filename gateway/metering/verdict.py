@@ -101,8 +101,10 @@ class Decision:
 
 
 # RateLimit-Policy fields by (window name, limit, window ms): a plan has a few windows,
-# and the field is the same on every response they govern. Bounded: start over when big.
-_POLICIES: dict[tuple[str, int, int], tuple[bytes, bytes]] = {}
+# and the field is the same on every response they govern; with it, the RateLimit field's
+# format, so a response fills in two numbers in one bytes operation (an f-string and its
+# encode were half of this function's cost). Bounded: start over when big.
+_POLICIES: dict[tuple[str, int, int], tuple[tuple[bytes, bytes], bytes]] = {}
 
 
 def rate_limit_headers(leg: Leg) -> list[tuple[bytes, bytes]]:
@@ -110,17 +112,19 @@ def rate_limit_headers(leg: Leg) -> list[tuple[bytes, bytes]]:
     limit = leg.limit
     if limit <= 0:
         return []
-    name = leg.window_scope
-    key = (name, limit, leg.window_ms)
-    policy = _POLICIES.get(key)
-    if policy is None:
+    key = (leg.window_scope, limit, leg.window_ms)
+    fields = _POLICIES.get(key)
+    if fields is None:
         if len(_POLICIES) > 10_000:
             _POLICIES.clear()
+        name = leg.window_scope.replace("%", "%%")
         window_s = max(1, leg.window_ms // 1000)
-        policy = _POLICIES[key] = (b"ratelimit-policy",
-                                   f'"{name}";q={limit};w={window_s}'.encode())
-    reset_s = max(0, -(-leg.reset_ms // 1000))  # ceil, in integers
-    return [policy, (b"ratelimit", f'"{name}";r={leg.remaining};t={reset_s}'.encode())]
+        fields = _POLICIES[key] = ((b"ratelimit-policy",
+                                    f'"{leg.window_scope}";q={limit};w={window_s}'.encode()),
+                                   f'"{name}";r=%d;t=%d'.encode())
+    reset_ms = leg.reset_ms
+    reset_s = (reset_ms + 999) // 1000 if reset_ms > 0 else 0  # ceil, in integers
+    return [fields[0], (b"ratelimit", fields[1] % (leg.remaining, reset_s))]
 
 
 def refuse(legs: list[Leg], upgrade_url: str | None, top_up_url: str | None) -> GatewayError:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.metering.accounts import Account
 from gateway.metering.verdict import Leg, rate_limit_headers
@@ -41,3 +46,19 @@ def test_rate_limit_fields() -> None:
                                        (b"ratelimit", b'"account";r=0;t=1')]
     leg.limit = 0
     assert rate_limit_headers(leg) == []
+
+
+@given(reset_ms=st.integers(-10**6, 10**12), remaining=st.integers(0, 10**12),
+       limit=st.integers(1, 10**12), window_ms=st.integers(1, 10**9),
+       scope=st.sampled_from(["account", "key"]))
+def test_the_ratelimit_field_says_the_window_as_it_stands(
+        reset_ms: int, remaining: int, limit: int, window_ms: int, scope: str) -> None:
+    leg = dataclasses.replace(Leg.parse(Account("user", "u1"), list(REPLY)), reset_ms=reset_ms,
+                              remaining=remaining, limit=limit, window_ms=window_ms,
+                              window_scope=scope)
+    # Twice: the second answer comes from the cached policy and format.
+    for _ in range(2):
+        assert rate_limit_headers(leg) == [
+            (b"ratelimit-policy", f'"{scope}";q={limit};w={max(1, window_ms // 1000)}'.encode()),
+            (b"ratelimit",
+             f'"{scope}";r={remaining};t={max(0, math.ceil(reset_ms / 1000))}'.encode())]

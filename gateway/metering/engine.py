@@ -163,12 +163,10 @@ class MeteringEngine:
                 continue
             now = self._now_arg()
             not_after = b"" if replay else self._not_after()
-            # (`fast` says which of the two the cascade holds; no isinstance per request.)
-            if fast:
-                template: CommandTemplate = command  # type: ignore[assignment]
-                reply = await self._debit(template.fill(now, request_id.encode(), not_after))
+            if isinstance(command, CommandTemplate):  # the fast cascade's
+                reply = await self._debit(command.fill(now, request_id.encode(), not_after))
             else:
-                keys, argv = command  # type: ignore[misc]
+                keys, argv = command
                 reply = await self._timed("debit", self.store.script(
                     self.scripts.debit, keys, [now, *argv, request_id, int(settles),
                                                not_after]))

@@ -138,21 +138,22 @@ def open_store(url: str | None, *, deadline_s: float = DEFAULT_DEADLINE_S) -> St
         raise SettingsError(f"GATEWAY_REDIS_URL {url!r}: {exc}") from None
 
 
+def _check_db(number: str) -> None:
+    if not (number.isascii() and number.isdigit()):
+        raise ValueError(f"the database must be a number, not {number!r}")
+
+
 def _open(url: str, deadline_s: float) -> Store:
     parts = urlsplit(url)
     if parts.scheme in ("redis", "rediss", "redis+cluster"):
         if not parts.hostname:
             raise ValueError("no host (redis://host:port/db)")
         parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
-        number = parts.path.strip("/")
-        if number and not (number.isascii() and number.isdigit()):
-            raise ValueError(f"the database must be a number, not {number!r}")
+        _check_db(parts.path.strip("/") or "0")
     if parts.scheme == "unix":
         if not parts.path:
             raise ValueError("no socket path (unix:///path/to/redis.sock?db=N)")
-        socket_db = parse_qs(parts.query).get("db", ["0"])[0]
-        if not (socket_db.isascii() and socket_db.isdigit()):
-            raise ValueError(f"the database must be a number, not {socket_db!r}")
+        _check_db(parse_qs(parts.query).get("db", ["0"])[0])
     # The socket timeouts are a backstop; Store.call's deadline is the real limit.
     socket_s = deadline_s * 4
     client: Any

@@ -60,9 +60,6 @@ class CommandTemplate:
         if len(values) != self._opens:
             raise ValueError(f"the template has {self._opens} open arguments, "
                              f"not {len(values)}")
-        if len(values) == 3:  # the debit's (clock, request id, deadline): no loop
-            a, b, c = values
-            return self._format % (len(a), a, len(b), b, len(c), c)
         pairs: list[int | bytes] = []
         for value in values:
             pairs.append(len(value))

@@ -166,6 +166,7 @@ class RedisPipe:
         self._connect_timeout_s = connect_timeout_s
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
+        self._loading: dict[str, asyncio.Future[Any]] = {}  # sha → its SCRIPT LOAD
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -248,10 +249,27 @@ class RedisPipe:
         return await self.submit(command, deadline_s)
 
     async def load_script(self, script: Any, deadline_s: float | None = None) -> None:
-        """SCRIPT LOAD a redis-py `Script` (after NOSCRIPT: Redis restarted or flushed)."""
-        sha = await self.execute("SCRIPT", "LOAD", script.script, deadline_s=deadline_s)
+        """SCRIPT LOAD a redis-py `Script` (after NOSCRIPT: Redis restarted or flushed).
+
+        Every call in flight when Redis lost its scripts gets NOSCRIPT at once (hundreds,
+        on a busy gateway): they share one SCRIPT LOAD rather than each compiling the
+        script again, which on a slow Redis took them all past their deadline. Replies
+        come in order, so a command sent after the load was written finds the script."""
+        loading = self._loading.get(script.sha)
+        if loading is None:
+            loading = asyncio.ensure_future(
+                self.execute("SCRIPT", "LOAD", script.script, deadline_s=deadline_s))
+            self._loading[script.sha] = loading
+            loading.add_done_callback(lambda done: self._loaded(script.sha, done))
+        # Shielded: a caller giving up must not cancel the load the others wait for.
+        sha = await asyncio.shield(loading)
         if (sha.decode() if isinstance(sha, bytes) else sha) != script.sha:
             raise PipeError(f"Redis loaded the script as {sha!r}, not {script.sha}")
+
+    def _loaded(self, sha: str, done: asyncio.Future[Any]) -> None:
+        del self._loading[sha]  # a later flush needs a load of its own
+        if not done.cancelled():
+            done.exception()  # retrieved here too: its waiters may all have given up
 
     async def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:

@@ -19,9 +19,31 @@ async def test_concurrent_calls_each_get_their_own_reply(redis_server: RedisServ
     store = open_store(redis_server.url)
     script = store.client.register_script(ECHO)
     assert store.pipe is not None
+    # (A deadline of seconds: this is about which reply goes to whom, not speed.)
     replies = await asyncio.gather(*(
-        store.call(store.run_script(script, [f"k{i}"], [i])) for i in range(500)))
+        store.call(store.run_script(script, [f"k{i}"], [i]), 5.0) for i in range(500)))
     assert replies == [[f"k{i}".encode(), str(i).encode()] for i in range(500)]
+    await store.close()
+
+
+async def test_calls_that_all_find_the_script_missing_share_one_load(
+    redis_server: RedisServer,
+) -> None:
+    store = open_store(redis_server.url)
+    script = store.client.register_script(ECHO + " -- shared load")
+    await store.client.script_flush()
+    await store.client.config_resetstat()
+    replies = await asyncio.gather(*(
+        store.call(store.run_script(script, [f"k{i}"], [i]), 5.0) for i in range(300)))
+    assert replies == [[f"k{i}".encode(), str(i).encode()] for i in range(300)]
+    stats = await store.client.info("commandstats")
+    assert stats["cmdstat_script|load"]["calls"] == 1
+    assert stats["cmdstat_evalsha"]["calls"] >= 300
+    # After the next flush the script is loaded again, once more.
+    await store.client.script_flush()
+    assert await store.call(store.run_script(script, ["a"], [1])) == [b"a", b"1"]
+    stats = await store.client.info("commandstats")
+    assert stats["cmdstat_script|load"]["calls"] == 2
     await store.close()
 
 

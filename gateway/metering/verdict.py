@@ -64,12 +64,26 @@ class Leg:
     def parse(cls, account: Account, reply: list[Any]) -> Leg:
         n = reply
         if len(n) == 27 and type(n[0]) is int and type(n[1]) is bytes and type(n[3]) is int:
-            # The common reply: debit.lua's numbers arrive as ints, its strings as bytes.
-            # (A third of the per-request cost of this method was int() on ints.)
-            return cls(account, n[0], n[1].decode(), n[2] == 1, n[3], n[4], n[5], n[6],
-                       n[7], n[8], n[9], n[10], n[11], n[12], n[13], n[14], n[15].decode(),
-                       n[16], n[17].decode(), n[18] == 1, n[19].decode(), n[20],
-                       n[21].decode(), n[22] == 1, n[23], n[24], n[25], n[26] == 1)
+            # The common reply: debit.lua's numbers arrive as ints, its strings as bytes,
+            # unpacked straight into the fields. (Passing 28 arguments to __init__, which
+            # stores them again, was half of this method's cost: 1.6 → 0.85 µs.)
+            leg = cls.__new__(cls)
+            leg.account = account
+            (leg.verdict, code, throughput_ok, leg.retry_after_ms, leg.limit, leg.remaining,
+             leg.reset_ms, leg.window_ms, leg.quota_units, leg.credit_units, leg.credit_micro,
+             leg.overage_units, leg.overage_micro, leg.grace_units, leg.quota_remaining,
+             period, leg.now_ms, plan, money_ok, scope, leg.period_end_ms, debit_id, enforce,
+             leg.quota_total, leg.cap_micro, leg.spend_micro, key_refused) = n
+            leg.code = code.decode()
+            leg.throughput_ok = throughput_ok == 1
+            leg.period = period.decode()
+            leg.plan = plan.decode()
+            leg.money_ok = money_ok == 1
+            leg.window_scope = scope.decode()
+            leg.debit_id = debit_id.decode()
+            leg.enforce = enforce == 1
+            leg.key_refused = key_refused == 1
+            return leg
         # (A first reply stored for a request id may predate the last three fields.)
         return cls(account, int(n[0]), _s(n[1]), bool(int(n[2])), int(n[3]), int(n[4]),
                    int(n[5]), int(n[6]), int(n[7]), int(n[8]), int(n[9]), int(n[10]),

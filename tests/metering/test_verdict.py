@@ -29,6 +29,26 @@ def test_a_reply_of_ints_and_one_of_strings_read_the_same() -> None:
     assert isinstance(fast.verdict, int) and isinstance(fast.money_ok, bool)
 
 
+_TEXT_AT, _FLAG_AT = {1, 15, 17, 19, 21}, {2, 18, 22, 26}
+
+
+@given(st.lists(st.integers(-10**15, 10**15), min_size=27, max_size=27),
+       st.lists(st.text(alphabet="abcxyz-0123456789:", max_size=12), min_size=27,
+                max_size=27))
+def test_every_field_is_read_from_its_own_place(numbers: list[int], texts: list[str]) -> None:
+    """The common reply is unpacked straight into the fields; the general path reads the
+    same fields one by one: both must agree for every field, whatever the values."""
+    reply: list[Any] = [texts[i].encode() if i in _TEXT_AT else abs(numbers[i]) % 2
+                        if i in _FLAG_AT else numbers[i] for i in range(27)]
+    account = Account("workspace", "w1")
+    fast = Leg.parse(account, reply)
+    slow = Leg.parse(account, [x if isinstance(x, bytes) else str(x).encode() for x in reply])
+    assert dataclasses.astuple(fast) == dataclasses.astuple(slow)
+    assert fast.account is account
+    assert [type(getattr(fast, f.name)) for f in dataclasses.fields(Leg)] == [
+        type(getattr(slow, f.name)) for f in dataclasses.fields(Leg)]
+
+
 def test_a_stored_reply_without_the_newer_fields() -> None:
     leg = Leg.parse(Account("user", "u1"), REPLY[:24])
     assert (leg.cap_micro, leg.spend_micro, leg.quota_total, leg.key_refused) == (

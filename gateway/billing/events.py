@@ -182,6 +182,12 @@ async def sync_subscription(ctx: Ctx, sub_id: str, account: Account | None = Non
     if deleted and status not in ENDED:
         status = "canceled"
     config = await ctx.runtime.ledger.config(account)
+    if (config.get("source") == "manual"
+            and sub_id in config.get("replaced_subscriptions", "").split(",")):
+        # An operator's plan replaced this subscription: its events no longer change it.
+        log.info("stripe webhook: %s:%s subscription %s (%s) was replaced by a manual plan; "
+                 "ignored", account.scope, account.id, sub_id, status)
+        return ignored("replaced by a plan an operator set")
     current = config.get("stripe_subscription")
     other = config.get("other_subscription")
     store = ctx.runtime.store

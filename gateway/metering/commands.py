@@ -38,6 +38,9 @@ async def subscriptions_set(store: Store, rules: Rules, scope: str, account_id: 
         print(f"error: {getattr(exc, 'detail', exc)}", file=err)
         return 1
     print(f"{result['scope']} {result['id']}: plan {result['plan']} (active, manual)", file=out)
+    for sub_id in result["replaced_subscriptions"]:
+        print(f"note: it replaces Stripe subscription {sub_id}, whose events no longer change "
+              "the plan; Stripe still bills it until it is cancelled there", file=err)
     return 0
 
 

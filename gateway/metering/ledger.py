@@ -38,17 +38,33 @@ class Ledger:
 
     async def set_plan(self, rules: Rules, account: Account, plan: str,
                        source: str = "manual") -> dict[str, Any]:
-        """Give an account a plan (comp / manual subscription), active now."""
+        """Give an account a plan (comp / manual subscription), active now.
+
+        The Stripe subscriptions it replaces are set aside (`replaced_subscriptions`): their
+        later events no longer change the plan (the webhook ignores them while the plan is
+        manual), but Stripe goes on billing them, so the result names them for the
+        operator to cancel there. A subscription the customer starts afterwards takes
+        over as usual."""
         if plan not in rules.plans:
             raise GatewayError("INVALID_PLAN", f"no plan {plan!r} in the rules; known: "
                                + ", ".join(sorted(rules.plans)))
-        await self.store.call(self.store.client.hset(account.config_key, mapping={
-            "plan": plan, "status": "active", "source": source}))
-        # A manual plan follows calendar months: drop a previous subscription's period.
+        config = await self.config(account)
+        replaced = [s for s in config.get("replaced_subscriptions", "").split(",") if s]
+        if config.get("source") == "stripe":
+            replaced += [config[f] for f in ("stripe_subscription", "other_subscription")
+                         if config.get(f) and config[f] not in replaced]
+        mapping: dict[str, str] = {"plan": plan, "status": "active", "source": source}
+        if replaced:
+            mapping["replaced_subscriptions"] = ",".join(replaced)
+        await self.store.call(self.store.client.hset(account.config_key, mapping=mapping))
+        # A manual plan follows calendar months: drop a previous subscription's period,
+        # and the replaced subscriptions' bookkeeping.
         await self.store.call(self.store.client.hdel(
-            account.config_key, "period_start", "period_end", "past_due_until"))
+            account.config_key, "period_start", "period_end", "past_due_until",
+            "stripe_subscription", "other_subscription", "billing_cycle",
+            "cancel_at_period_end"))
         return {"scope": account.scope, "id": account.id, "plan": plan, "status": "active",
-                "source": source}
+                "source": source, "replaced_subscriptions": replaced}
 
     async def apply_subscription(
         self,
@@ -101,7 +117,7 @@ class Ledger:
     async def clear_plan(self, account: Account) -> None:
         await self.store.call(self.store.client.hdel(
             account.config_key, "plan", "status", "source", "period_start", "period_end",
-            "past_due_until"))
+            "past_due_until", "replaced_subscriptions"))
 
     async def grant_credits(self, account: Account, micro_usd: int) -> int:
         """Add prepaid credits (micro-USD); returns the new balance."""

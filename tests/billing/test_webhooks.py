@@ -626,3 +626,34 @@ async def test_unknown_event_type_is_ignored(gw: RunningGateway) -> None:
     r = await deliver(gw, event("payment_intent.succeeded", {"id": "pi_9"}))
     assert r.status_code == 200
     assert r.json() == {"received": True, "ignored": True}
+
+
+async def test_a_manual_plan_is_not_undone_by_the_subscription_it_replaced(
+        gw: RunningGateway, fake: FakeStripe) -> None:
+    """An operator comps an account that had a Stripe subscription: that subscription's
+    later events (updated, deleted) leave the comp alone; one the customer starts
+    afterwards takes over as any new subscription does."""
+    first = seed_sub(fake, "sub_1")
+    assert (await deliver(gw, event("customer.subscription.created", first))).status_code == 200
+    result = await gw.runtime.ledger.set_plan(gw.runtime.rules, ANN, "pro")
+    assert result["replaced_subscriptions"] == ["sub_1"]
+    for evt in (event("customer.subscription.updated", first),
+                event("customer.subscription.updated", {**first, "status": "past_due"})):
+        r = await deliver(gw, evt)
+        assert r.status_code == 200 and r.json()["ignored"] is True
+    fake.put("subscription", {**first, "status": "canceled"})
+    r = await deliver(gw, event("customer.subscription.deleted", first))
+    assert r.status_code == 200 and r.json()["ignored"] is True
+    config = await gw.runtime.ledger.config(ANN)
+    assert (config["plan"], config["status"], config["source"]) == ("pro", "active", "manual")
+    assert "stripe_subscription" not in config
+    assert await metered(gw, 5) == [200] * 5  # pro's quota, not free's 1 unit
+    # Set again (another plan): what it replaced stays replaced.
+    again = await gw.runtime.ledger.set_plan(gw.runtime.rules, ANN, "starter")
+    assert again["replaced_subscriptions"] == ["sub_1"]
+    # A subscription the customer starts now is theirs: it takes over.
+    second = seed_sub(fake, "sub_2", price="price_pro_monthly")
+    r = await deliver(gw, event("customer.subscription.created", second))
+    assert r.status_code == 200 and r.json()["plan"] == "pro"
+    config = await gw.runtime.ledger.config(ANN)
+    assert (config["stripe_subscription"], config["source"]) == ("sub_2", "stripe")

@@ -69,17 +69,20 @@ class GatewayApp:
         outcome: Outcome | None = None
         code = "OK"
         status = 0
+        bytes_out = 0  # what the gateway answered itself (a proxied answer: the outcome's)
         self.metrics.in_flight.inc()
         try:
             path = normalise_path(raw_path)
             entry["path"] = path
             if path == "/usage/me":
                 route_name = path
-                status = await self._usage_me(routing, scope, headers, send)
+                status, bytes_out = await self._usage_me(routing, scope, headers, send,
+                                                         entry)
                 return
             if path.startswith("/billing/"):
                 route_name = "/billing/"
-                status = await self._billing(routing, scope, receive, send, path)
+                status, code, bytes_out = await self._billing(routing, scope, receive, send,
+                                                              path, entry)
                 return
             route = routing.rules.route_for(path)
             if route is None:
@@ -88,8 +91,7 @@ class GatewayApp:
             with_body = has_body(headers)  # before anything is charged: it may refuse
             client = _client(routing, scope, headers)
             caller = await self._identify(routing, client, headers)
-            entry.update(user=caller.user, workspace=caller.workspace, key=caller.key_id,
-                         client=client.ip)
+            _log_caller(entry, caller, client)
             weight = routing.rules.weigh(method, path)
             # What a client's request id names: method, path and query (and the cost).
             query = scope.get("query_string", b"")
@@ -145,10 +147,10 @@ class GatewayApp:
         except UpstreamFailed as err:
             self.metrics.upstream_errors.labels(upstream_name, err.code).inc()
             code, status = err.code, err.status
-            await _send_problem(send, err, request_id)
+            bytes_out = await _send_problem(send, err, request_id)
         except GatewayError as err:
             code, status = err.code, err.status
-            await _send_problem(send, err, request_id)
+            bytes_out = await _send_problem(send, err, request_id)
         except StreamAborted as aborted:
             # Returning with the response unfinished makes the server drop the connection
             # (one log line of its own): a truncated body stays truncated.
@@ -159,9 +161,9 @@ class GatewayApp:
         except Exception:
             log.exception("unhandled error for request %s", request_id)
             code, status = "INTERNAL", 500
-            await _send_problem(send, GatewayError("INTERNAL", "internal error; see the "
-                                                   f"gateway log for request {request_id}"),
-                                request_id, best_effort=True)
+            internal = GatewayError("INTERNAL", "internal error; see the gateway log for "
+                                    f"request {request_id}")
+            bytes_out = await _send_problem(send, internal, request_id, best_effort=True)
         finally:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
@@ -171,12 +173,16 @@ class GatewayApp:
             m.request_latency.labels(route_name).observe(elapsed)
             entry.update(route=route_name, status=status, code=code,
                          ms=round(elapsed * 1000, 3),
-                         bytes_out=outcome.bytes_out if outcome else 0)
+                         bytes_out=outcome.bytes_out if outcome else bytes_out)
             accesslog.record(entry)
 
     async def _usage_me(self, routing: Routing, scope: Scope,
-                        headers: list[tuple[bytes, bytes]], send: Send) -> int:
-        caller = await self._identify(routing, _client(routing, scope, headers), headers)
+                        headers: list[tuple[bytes, bytes]], send: Send,
+                        entry: dict[str, Any]) -> tuple[int, int]:
+        """GET /usage/me: (status, bytes sent)."""
+        client = _client(routing, scope, headers)
+        caller = await self._identify(routing, client, headers)
+        _log_caller(entry, caller, client)
         if scope["method"] not in ("GET", "HEAD"):
             raise GatewayError("METHOD_NOT_ALLOWED", "use GET /usage/me",
                                headers={"Allow": "GET, HEAD"})
@@ -185,27 +191,39 @@ class GatewayApp:
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store")]})
         await send({"type": "http.response.body", "body": body, "more_body": False})
-        return 200
+        return 200, len(body)
 
     async def _billing(self, routing: Routing, scope: Scope, receive: Receive, send: Send,
-                       path: str) -> int:
+                       path: str, entry: dict[str, Any]) -> tuple[int, str, int]:
         """Hand /billing/* to the billing app: the caller identified first, except for
-        Stripe's webhook (authenticated by its signature)."""
+        Stripe's webhook (authenticated by its signature). Returns the status, the code
+        (a problem's own, so the request metrics and the access log name the error) and
+        the bytes sent."""
         inner: Scope = {**scope, "path": path, "raw_path": path.encode()}
         if path != "/billing/webhook":
             headers = scope["headers"]
-            inner["gateway.caller"] = await self._identify(
-                routing, _client(routing, scope, headers), headers)
-        status = 0
+            client = _client(routing, scope, headers)
+            caller = inner["gateway.caller"] = await self._identify(routing, client, headers)
+            _log_caller(entry, caller, client)
+        status, sent = 0, 0
+        problem: list[bytes] | None = None  # a problem response's body, for its code
 
-        async def send_status(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
+        async def recorded(message: MutableMapping[str, Any]) -> None:
+            nonlocal status, sent, problem
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if status >= 400 and (b"content-type", b"application/problem+json") in [
+                        (k.lower(), v) for k, v in message.get("headers", [])]:
+                    problem = []
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                sent += len(body)
+                if problem is not None:
+                    problem.append(body)
             await send(dict(message))
 
-        await self.billing_app(inner, receive, send_status)
-        return status
+        await self.billing_app(inner, receive, recorded)
+        return status, _problem_code(status, problem), sent
 
     def _store_failed(self, charge: Charge, routing: Routing, failed: StoreUnavailable
                       ) -> Decision:
@@ -280,9 +298,26 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> tuple[str, bool]:
     return uuid.uuid4().hex, False
 
 
+def _log_caller(entry: dict[str, Any], caller: Caller, client: ClientInfo) -> None:
+    entry.update(user=caller.user, workspace=caller.workspace, key=caller.key_id,
+                 client=client.ip)
+
+
+def _problem_code(status: int, problem: list[bytes] | None) -> str:
+    """The code of an answer the billing app sent: OK below 400, else the problem's."""
+    if status < 400:
+        return "OK"
+    try:
+        code = orjson.loads(b"".join(problem))["code"] if problem is not None else None
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        code = None
+    return code if isinstance(code, str) and code else f"HTTP_{status}"
+
+
 async def _send_problem(
     send: Send, err: GatewayError, request_id: str, best_effort: bool = False
-) -> None:
+) -> int:
+    """Answer with `err` as problem+json; returns the bytes of the body sent."""
     body = problem_bytes(err)
     headers = [*_PROBLEM_HEADERS, (b"content-length", str(len(body)).encode()),
                (b"x-request-id", request_id.encode())]
@@ -295,6 +330,8 @@ async def _send_problem(
             raise
         # The response had already started; the server will close the connection.
         log.debug("could not send problem response", exc_info=True)
+        return 0
+    return len(body)
 
 
 async def _refuse_websocket(scope: Scope, send: Send) -> None:

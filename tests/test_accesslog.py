@@ -50,3 +50,35 @@ def test_off_writes_nothing() -> None:
     accesslog.configure(False, buf)
     accesslog.record({"id": "x"})
     assert buf.getvalue() == b""
+
+
+async def test_the_gateways_own_answers_are_logged_and_counted_as_sent(
+    upstream: RecordingUpstream,
+) -> None:
+    """/usage/me, /billing/* and problem answers: the caller, the bytes sent, and a
+    billing error's own code (in the line and in the request metrics), not OK."""
+    rules = BASE_RULES.format(upstream=upstream.url, timeout="5s")
+    buf = io.BytesIO()
+    async with running_gateway(rules) as gw:
+        key = await gw.new_key(user="alice")
+        accesslog.configure(True, buf)
+        try:
+            async with client(gw.url) as c:
+                me = await c.get("/usage/me", headers={"X-Api-Key": key})
+                billing = await c.post("/billing/checkout", json={"plan": "nope"},
+                                       headers={"X-Api-Key": key})
+                denied = await c.get("/api/two", headers={"X-Api-Key": "nope"})
+        finally:
+            accesslog.configure(False)
+        registry = gw.runtime.metrics.registry
+        code = billing.json()["code"]
+        assert registry.get_sample_value("gateway_requests_total", {
+            "route": "/billing/", "decision": "reject", "code": code}) == 1
+        assert registry.get_sample_value("gateway_requests_total", {
+            "route": "/billing/", "decision": "admit", "code": "OK"}) is None
+    assert me.status_code == 200 and billing.status_code >= 400
+    usage, checkout, problem = [orjson.loads(line) for line in buf.getvalue().splitlines()]
+    assert (usage["user"], usage["code"], usage["bytes_out"]) == ("alice", "OK", len(me.content))
+    assert (checkout["user"], checkout["status"], checkout["code"], checkout["bytes_out"]) == (
+        "alice", billing.status_code, code, len(billing.content))
+    assert (problem["code"], problem["bytes_out"]) == ("UNAUTHENTICATED", len(denied.content))

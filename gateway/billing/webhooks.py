@@ -98,8 +98,8 @@ async def receive(request: Request) -> JSONResponse:
         await _forget(store, marker)
         code = ("INTERNAL" if not isinstance(exc, stripe.StripeError) else
                 "STRIPE_UNAVAILABLE" if is_outage(exc) else "STRIPE_REJECTED")
-        raise GatewayError(code, f"event {event_id} was not processed; retry",
-                           status=500) from exc
+        # (Stripe retries on any failure status: 502 for Stripe's own, as SPEC §6 says.)
+        raise GatewayError(code, f"event {event_id} was not processed; retry") from exc
     except BaseException:
         # Cancelled (the sender went away): leave no marker, so a redelivery runs.
         await _forget(store, marker)

@@ -1,9 +1,10 @@
 """GET|POST /billing/budget: a monthly budget cap and where its alerts go.
 
 POST (billing role) {monthly_cap_usd > 0, hard_cap?, allow_soft_overage?, alert_email?,
-alert_webhook?, scope?}
-replaces the account's budget as a whole: an omitted alert target is cleared. GET (any
-key) shows it. Both answer
+alert_webhook?, scope?} sets the fields it names and leaves the others as they were (as
+Stripe's update calls do: raising the cap must not quietly drop a hard cap or the alert
+address); `null` clears an alert target; the first POST must name the cap. DELETE (billing
+role) removes the budget: no cap, no alerts. GET (any key) shows it. All answer
 
     {scope, id, monthly_cap_usd, hard_cap, allow_soft_overage, alert_email, alert_webhook,
      spend_usd, spend_pct, period: {id, start, end}}
@@ -127,27 +128,44 @@ async def _body(request: Request) -> dict[str, Any]:
     return await json_object(request, _FIELDS, exact_numbers=True)
 
 
-def _parse(body: dict[str, Any], allow_private: bool
+_BUDGET_FIELDS = ("cap_micro", "hard_cap", "hard_cap_asked", "allow_soft_overage",
+                  "alert_email", "alert_webhook")
+
+
+def _parse(body: dict[str, Any], config: dict[str, str], allow_private: bool
            ) -> tuple[int, bool, bool, str | None, str | None]:
-    if "monthly_cap_usd" not in body:
-        raise GatewayError("BAD_REQUEST", "monthly_cap_usd is required")
-    try:
-        cap = usd_to_micro(body["monthly_cap_usd"])
-    except ValueError as exc:
-        raise GatewayError("BAD_REQUEST", f"monthly_cap_usd: {exc}") from None
-    if cap <= 0 or cap > MAX_CAP_MICRO:
-        raise GatewayError("BAD_REQUEST", "monthly_cap_usd must be more than 0 and at most "
-                           "10000000")
-    hard = body.get("hard_cap", False)
+    """The budget after this POST: the fields it names, the account's `config` for the
+    rest."""
+    if "monthly_cap_usd" in body:
+        if body["monthly_cap_usd"] is None:
+            raise GatewayError("BAD_REQUEST", "monthly_cap_usd cannot be null; DELETE "
+                               "/billing/budget removes the budget")
+        try:
+            cap = usd_to_micro(body["monthly_cap_usd"])
+        except ValueError as exc:
+            raise GatewayError("BAD_REQUEST", f"monthly_cap_usd: {exc}") from None
+        if cap <= 0 or cap > MAX_CAP_MICRO:
+            raise GatewayError("BAD_REQUEST", "monthly_cap_usd must be more than 0 and at "
+                               "most 10000000")
+    elif config.get("cap_micro"):
+        cap = int(config["cap_micro"])
+    else:
+        raise GatewayError("BAD_REQUEST", "monthly_cap_usd is required: this account has "
+                           "no budget yet")
+    kept = config.get("cap_micro") is not None
+    # (A budget set before allow_soft_overage existed has only `hard_cap`.)
+    hard = body.get("hard_cap", kept and config.get(
+        "hard_cap_asked", config.get("hard_cap")) == "1")
     if not isinstance(hard, bool):
         raise GatewayError("BAD_REQUEST", "hard_cap must be true or false")
-    soft_overage = body.get("allow_soft_overage", True)
+    soft_overage = body.get("allow_soft_overage",
+                            not kept or config.get("allow_soft_overage", "1") == "1")
     if not isinstance(soft_overage, bool):
         raise GatewayError("BAD_REQUEST", "allow_soft_overage must be true or false")
-    email = body.get("alert_email")
+    email = body.get("alert_email", config.get("alert_email") or None)
     if email is not None and not (isinstance(email, str) and valid_email(email)):
         raise GatewayError("BAD_REQUEST", "alert_email must be an email address")
-    hook = body.get("alert_webhook")
+    hook = body.get("alert_webhook", config.get("alert_webhook") or None)
     if hook is not None and not (isinstance(hook, str) and valid_webhook(hook, allow_private)):
         raise GatewayError("BAD_REQUEST", "alert_webhook must be an http(s) URL of a public "
                            "host")
@@ -167,7 +185,8 @@ async def post_budget(request: Request) -> Response:
     body = await _body(request)
     scope = body.get("scope", request.query_params.get("scope"))
     account = _account(caller, scope)
-    cap, hard, soft_overage, email, hook = _parse(body, runtime.settings.alert_allow_private)
+    cap, hard, soft_overage, email, hook = _parse(body, await runtime.ledger.config(account),
+                                                  runtime.settings.alert_allow_private)
     store = runtime.store
     await runtime.ledger.set_budget(account, cap_micro=cap, hard_cap=hard,
                                     allow_soft_overage=soft_overage)
@@ -182,7 +201,19 @@ async def post_budget(request: Request) -> Response:
     return _json(await budget_view(runtime, account))
 
 
+async def delete_budget(request: Request) -> Response:
+    """Remove the budget: no cap (nothing refused for spend), no alerts."""
+    runtime: Runtime = request.app.state.runtime
+    caller = _caller(request, billing=True)
+    account = _account(caller, request.query_params.get("scope"))
+    store = runtime.store
+    await store.call(store.client.hdel(account.config_key, *_BUDGET_FIELDS))
+    await store.call(store.client.srem(BUDGET_ACCOUNTS, budget_member(account)))
+    return _json(await budget_view(runtime, account))
+
+
 def routes() -> list[Route]:
     return [
-        route("/billing/budget", {"GET": get_budget, "POST": post_budget}),
+        route("/billing/budget", {"GET": get_budget, "POST": post_budget,
+                                  "DELETE": delete_budget}),
     ]

@@ -79,20 +79,56 @@ async def test_post_then_get_budget_exact_values(gw: RunningGateway) -> None:
     assert members == {b"user:ann"}
 
 
-async def test_json_number_cap_is_exact_and_post_replaces_targets(gw: RunningGateway) -> None:
+async def test_json_number_cap_is_exact_and_post_changes_only_what_it_names(
+        gw: RunningGateway) -> None:
     billing = await key(gw, "bob", role="billing")
     async with client(gw.url) as c:
         await c.post("/billing/budget", headers={"X-Api-Key": billing}, json={
-            "monthly_cap_usd": 5, "alert_email": "a@b.co"})
+            "monthly_cap_usd": 5, "hard_cap": True, "alert_email": "a@b.co"})
+        # Raising the cap keeps the hard cap and the alert address.
         r = await c.post("/billing/budget", headers={"X-Api-Key": billing},
                          content=b'{"monthly_cap_usd": 12.34}')
-    assert r.status_code == 200
-    body = r.json()
-    assert (body["monthly_cap_usd"], body["hard_cap"], body["alert_email"]) == (
-        "12.340000", False, None)
+        assert r.status_code == 200
+        body = r.json()
+        assert (body["monthly_cap_usd"], body["hard_cap"], body["alert_email"]) == (
+            "12.340000", True, "a@b.co")
+        # A field on its own (no cap): changes that field; null clears an alert target.
+        r = await c.post("/billing/budget", headers={"X-Api-Key": billing},
+                         json={"hard_cap": False, "alert_email": None})
+        body = r.json()
+        assert (body["monthly_cap_usd"], body["hard_cap"], body["alert_email"]) == (
+            "12.340000", False, None)
+        null_cap = await c.post("/billing/budget", headers={"X-Api-Key": billing},
+                                json={"monthly_cap_usd": None})
     config = await gw.runtime.ledger.config(Account("user", "bob"))
-    assert config["cap_micro"] == "12340000"
+    assert (config["cap_micro"], config["hard_cap"]) == ("12340000", "0")
     assert "alert_email" not in config
+    assert (null_cap.status_code, null_cap.json()["code"]) == (400, "BAD_REQUEST")
+    assert "DELETE" in null_cap.json()["detail"]
+
+
+async def test_delete_removes_the_budget_and_what_it_refused(gw: RunningGateway) -> None:
+    billing = await key(gw, "ivy", role="billing")
+    member = await key(gw, "ivy")
+    async with client(gw.url) as c:
+        await c.post("/billing/budget", headers={"X-Api-Key": billing}, json={
+            "monthly_cap_usd": "0.00004", "hard_cap": True, "alert_email": "a@b.co"})
+        codes = [(await c.post("/api/heavy", headers={"X-Api-Key": billing})).status_code
+                 for _ in range(5)]  # quota 20 units (2 requests), then 2 in overage
+        forbidden = await c.delete("/billing/budget", headers={"X-Api-Key": member})
+        gone = await c.delete("/billing/budget", headers={"X-Api-Key": billing})
+        after = (await c.post("/api/heavy", headers={"X-Api-Key": billing})).status_code
+        shown = (await c.get("/billing/budget", headers={"X-Api-Key": member})).json()
+        first_again = await c.post("/billing/budget", headers={"X-Api-Key": billing},
+                                   json={"hard_cap": True})
+    assert codes == [200, 200, 200, 200, 402]
+    assert forbidden.status_code == 403
+    assert gone.status_code == 200 and gone.json()["monthly_cap_usd"] is None
+    assert after == 200
+    assert (shown["monthly_cap_usd"], shown["hard_cap"], shown["alert_email"],
+            shown["spend_usd"]) == (None, False, None, "0.000060")
+    assert await gw.runtime.store.client.smembers(BUDGET_ACCOUNTS) == set()
+    assert first_again.status_code == 400  # a new budget names its cap again
 
 
 async def test_workspace_scope(gw: RunningGateway) -> None:

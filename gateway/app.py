@@ -20,6 +20,7 @@ from gateway.caller import Caller
 from gateway.errors import GatewayError, StoreUnavailable, problem_bytes
 from gateway.identity.credentials import api_key_from_headers
 from gateway.identity.forwarded import ClientInfo
+from gateway.identity.registry import valid_name
 from gateway.metering.charge import Charge
 from gateway.metering.journal import JournalEntry
 from gateway.metering.verdict import Decision
@@ -254,6 +255,14 @@ class GatewayApp:
             if asserted is None:
                 raise GatewayError("UNAUTHENTICATED", "send an API key in "
                                    + " or ".join(routing.rules.identity.api_key_headers))
+            # The ids the admin API and the CLI accept, or the operator could not look at,
+            # comp or credit the account being charged.
+            for asserted_id, header in ((asserted[0], routing.user_header),
+                                        (asserted[1], routing.workspace_header)):
+                if asserted_id is not None and not valid_name(asserted_id):
+                    raise GatewayError("BAD_REQUEST", f"{(header or b'').decode()}: "
+                                       f"{asserted_id[:64]!r} is not a valid id (1-128 of "
+                                       "A-Z a-z 0-9 . _ : @ -)")
             return Caller(user=asserted[0], workspace=asserted[1], key_id=None)
         key = await self.runtime.key_cache.resolve(secret)
         if key is None:

@@ -329,6 +329,18 @@ async def test_identity_headers_are_believed_only_from_trusted_proxies(
     got = upstream.requests[-1]
     assert (got.header("x-gateway-user"), got.header("x-gateway-workspace")) == ("erin", "acme")
     assert twice.status_code == 401  # ambiguous: the proxy should have replaced the header
+    # Ids the admin API and the CLI would refuse are refused here too, before any charge.
+    async with running_gateway(rules) as gw, client(gw.url) as c:
+        sent = len(upstream.requests)
+        bad = [await c.get("/api/echo", headers=h) for h in (
+            {"X-Gateway-User": "bad user"}, {"X-Gateway-User": "x" * 129},
+            {"X-Gateway-User": "a{b}c"},
+            {"X-Gateway-User": "erin", "X-Gateway-Workspace": "ac me"})]
+        assert len(upstream.requests) == sent
+        assert await gw.runtime.store.client.keys("gw:{u:bad user}*") == []
+    for r in bad:
+        assert (r.status_code, r.json()["code"]) == (400, "BAD_REQUEST"), r.text
+    assert "x-gateway-workspace" in bad[3].json()["detail"]
     untrusted_rules = rules.replace("127.0.0.1/32", "10.9.9.0/24")
     async with running_gateway(untrusted_rules) as gw, client(gw.url) as c:
         refused = await c.get("/api/echo", headers={"X-Gateway-User": "erin"})

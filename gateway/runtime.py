@@ -100,7 +100,8 @@ class Runtime:
         self.transport: httpx.AsyncBaseTransport = build_transport(
             settings.upstream_transport, max_connections=settings.max_upstream_connections)
         self.registry = KeyRegistry(self.store)
-        self.key_cache = KeyCache(self.registry, ttl_s=settings.key_cache_ttl_s)
+        self.key_cache = KeyCache(self.registry, ttl_s=settings.key_cache_ttl_s,
+                                  observe=self._observe_store)
         self.engine = MeteringEngine(
             self.store, clock_ms=clock_ms, observe_store=self._observe_store,
             usage_retention_ms=max(int(settings.usage_retention_days * 86_400_000), 0))

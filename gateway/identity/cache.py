@@ -41,6 +41,7 @@ class KeyCache:
         negative_ttl_s: float = 1.0,
         max_entries: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        observe: Callable[[str, float, bool], None] | None = None,
     ) -> None:
         # 0 is allowed (no caching, lookups still shared); above 5 s breaks the promise.
         if not 0 <= ttl_s <= MAX_TTL_S or not 0 <= negative_ttl_s <= MAX_TTL_S:
@@ -52,6 +53,9 @@ class KeyCache:
         self._negative_ttl_s = negative_ttl_s
         self._max_entries = max_entries
         self._clock = clock
+        # Each lookup's latency and outcome, as the store metrics count them (op
+        # "key_lookup"): a store failing only here would otherwise go uncounted.
+        self._observe = observe
         # digest -> (expires_at, key or None); insertion order = age, for eviction.
         self._entries: OrderedDict[str, tuple[float, ApiKey | None]] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[ApiKey | None]] = {}
@@ -90,7 +94,14 @@ class KeyCache:
             task.exception()  # retrieved: if every waiter left, asyncio must not complain
 
     async def _fetch(self, digest: str) -> ApiKey | None:
-        key = await self._registry.lookup_digest(digest)
+        t0 = time.perf_counter()
+        ok = False
+        try:
+            key = await self._registry.lookup_digest(digest)
+            ok = True
+        finally:
+            if self._observe is not None:
+                self._observe("key_lookup", time.perf_counter() - t0, ok)
         ttl = self._ttl_s if key is not None else self._negative_ttl_s
         self._store(digest, key, self._clock() + ttl)
         return key

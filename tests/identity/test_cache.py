@@ -165,7 +165,9 @@ async def test_store_failures_propagate_and_are_not_cached(clock: Clock) -> None
             return None
 
     source = Flaky()
-    cache = KeyCache(source, clock=clock)
+    observed: list[tuple[str, bool]] = []
+    cache = KeyCache(source, clock=clock,
+                     observe=lambda op, seconds, ok: observed.append((op, ok)))
     secret = generate_secret()
     outcomes = await asyncio.gather(*[cache.resolve(secret) for _ in range(5)],
                                     return_exceptions=True)
@@ -173,6 +175,8 @@ async def test_store_failures_propagate_and_are_not_cached(clock: Clock) -> None
     assert source.calls == 1
     assert await cache.resolve(secret) is None
     assert source.calls == 2
+    # Each lookup counted once, as the store metrics count calls: a failure, a success.
+    assert observed == [("key_lookup", False), ("key_lookup", True)]
 
 
 async def test_a_cancelled_waiter_does_not_cancel_the_others(store: Store) -> None:

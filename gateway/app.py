@@ -68,6 +68,7 @@ class GatewayApp:
                                  "path": raw_path.decode("latin-1")}
         route_name = upstream_name = "-"
         outcome: Outcome | None = None
+        charge: Charge | None = None
         code = "OK"
         status = 0
         bytes_out = 0  # what the gateway answered itself (a proxied answer: the outcome's)
@@ -172,6 +173,8 @@ class GatewayApp:
             m = self.metrics
             m.requests.labels(route_name, verdict, code).inc()
             m.request_latency.labels(route_name).observe(elapsed)
+            if charge is not None and charge.settled_units is not None:
+                entry["units"] = charge.settled_units  # settled or refunded: what it cost
             entry.update(route=route_name, status=status, code=code,
                          ms=round(elapsed * 1000, 3),
                          bytes_out=outcome.bytes_out if outcome else bytes_out)

@@ -82,3 +82,28 @@ async def test_the_gateways_own_answers_are_logged_and_counted_as_sent(
     assert (checkout["user"], checkout["status"], checkout["code"], checkout["bytes_out"]) == (
         "alice", billing.status_code, code, len(billing.content))
     assert (problem["code"], problem["bytes_out"]) == ("UNAUTHENTICATED", len(denied.content))
+
+
+async def test_a_settled_or_refunded_request_logs_what_it_cost(
+    upstream: RecordingUpstream,
+) -> None:
+    """units: the reserve until the response settles it, then what was charged."""
+    rules = BASE_RULES.format(upstream=upstream.url, timeout="5s").replace(
+        "  rules: []",
+        "  rules:\n"
+        "    - {path: /api/usage, reserve: 100, settle: {json: usage.total_tokens}}\n"
+        "    - {path: /api/status/*, units: 5}")
+    buf = io.BytesIO()
+    async with running_gateway(rules) as gw:
+        key = await gw.new_key(user="alice")
+        accesslog.configure(True, buf)
+        try:
+            async with client(gw.url) as c:
+                settled = await c.post("/api/usage?tokens=13", headers={"X-Api-Key": key})
+                refunded = await c.get("/api/status/502", headers={"X-Api-Key": key})
+                kept = await c.get("/api/status/200", headers={"X-Api-Key": key})
+        finally:
+            accesslog.configure(False)
+    assert (settled.status_code, refunded.status_code, kept.status_code) == (200, 502, 200)
+    lines = [orjson.loads(line) for line in buf.getvalue().splitlines()]
+    assert [line["units"] for line in lines] == [13, 0, 5]

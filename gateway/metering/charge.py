@@ -45,6 +45,7 @@ class Charge:
     fingerprint: str = ""  # method, path and cost: what a client's request id names
     decision: Decision | None = None
     observer: UsageObserver | None = None
+    settled_units: int | None = None  # what close() left charged (a refund: 0)
 
     @property
     def units(self) -> int:
@@ -127,11 +128,13 @@ class Charge:
             model = (self.observer.model or "") if self.observer else ""
             # A reserve always gets its settlement record (the reporter waits for it).
             if actual == self.units and not model and self.weight.settle is None:
+                self.settled_units = actual
                 return
             meter = self.weight.meter.name
             settled = await self.engine.settle(
                 self.rules, self.tables, d, self.caller, actual=actual, kind=kind,
                 route=self.route, request_id=self.request_id, model=model, meter=meter)
+            self.settled_units = actual
             self.metrics.settlements.labels(kind, meter).inc()
             if settled.delta < 0:
                 self.metrics.refunded_units.labels(meter).inc(-settled.delta)

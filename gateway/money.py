@@ -22,6 +22,10 @@ def usd_to_micro(value: object) -> int:
         raise ValueError("an amount in USD must be a number")
     if isinstance(value, str):
         if _WRITTEN.fullmatch(value) is None:
+            if re.fullmatch(r"[0-9]+(\.[0-9]+)?", value):  # well written, only too long
+                whole = value.partition(".")[0]
+                raise ValueError("the amount is too large" if len(whole) > MAX_DIGITS
+                                 else "amounts have at most 6 decimal places (micro-USD)")
             raise ValueError(f"not an amount: {value[:40]!r} (write it like 12.50)")
         amount = Decimal(value)
     else:

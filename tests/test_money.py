@@ -44,3 +44,12 @@ def test_anything_is_exact_micro_or_a_value_error(value: object) -> None:
 @given(st.integers(0, 10**21 - 1))
 def test_micro_round_trips(micro: int) -> None:
     assert usd_to_micro(micro_to_usd(micro)) == micro
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("99999999999999999999", "too large"), ("1234567890123456.5", "too large"),
+    ("1.0000000000001", "6 decimal places"), ("abc", "not an amount"),
+])
+def test_a_well_written_amount_that_is_refused_says_why(value: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        usd_to_micro(value)

@@ -50,8 +50,8 @@ async def reload_rules(request: Request) -> Response:
     require_admin(request, runtime.settings.admin_token)
     problems = runtime.reload()
     if problems:
-        raise GatewayError("RULES_INVALID", "rules.yaml refused; the old rules stay",
-                           problems=problems)
+        raise GatewayError("RULES_INVALID", f"{runtime.settings.rules_path} refused; the "
+                           "old rules stay", problems=problems)
     return _json({"reloaded": True, "source": runtime.rules.source})
 
 

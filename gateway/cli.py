@@ -150,6 +150,10 @@ async def _store_command(args: argparse.Namespace) -> int:
         return 2
     store = open_store(settings.redis_url, deadline_s=2.0)
     try:
+        if not await store.ping():  # one sentence that says where, not "store error"
+            print(f"gateway {args.command}: cannot reach the store ({store.description}, "
+                  "GATEWAY_REDIS_URL)", file=sys.stderr)
+            return 1
         if args.command == "subscriptions":
             rules = _load_rules_or_exit(args.rules)
             return await metering.subscriptions_set(

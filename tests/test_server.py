@@ -291,3 +291,12 @@ async def test_an_upload_stays_whole_while_the_upstream_streams_its_answer(
         assert duplex.received == [200_000] * 3
     finally:
         assert s.stop() == 0
+
+
+def test_store_commands_say_which_store_they_cannot_reach() -> None:
+    port = free_port()  # nothing listens on it
+    env = {**os.environ, "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    r = subprocess.run([*GATEWAY, "credits", "grant", "--scope", "user", "--id", "zed",
+                        "--usd", "1"], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr

@@ -188,6 +188,12 @@ async def test_subscription_period_keys_the_quota(store: Store) -> None:
                    period_end=str(ms(2027, 1, 10)))
     renewed = await d.debit(USER, 50, end + 1)
     assert (renewed.verdict, renewed.period, renewed.quota_remaining) == (1, f"s{end}", 50)
+    # A renewal recorded a moment before its period starts: already the new period, not
+    # the calendar month in between.
+    nxt = ms(2027, 1, 10)
+    await set_plan(store, USER, "free", period_start=str(nxt), period_end=str(ms(2027, 2, 10)))
+    early = await d.debit(USER, 10, nxt - 60_000)
+    assert (early.verdict, early.period, early.quota_remaining) == (1, f"s{nxt}", 90)
 
 
 async def test_shadow_plan_decides_but_writes_nothing(store: Store) -> None:

@@ -79,9 +79,12 @@ end
 -- The billing period at `now`: the subscription's while it runs, else the UTC calendar
 -- month. Returns the period id (a key suffix), its start and its end in ms. With
 -- `extend` (the subscription's own plan applies) a period that has ended goes on until
--- the next one is recorded: a renewal's quota comes with its paid invoice, not before.
+-- the next one is recorded: a renewal's quota comes with its paid invoice, not before;
+-- and a recorded period that has not begun yet (a renewal paid a moment before its
+-- start, or clocks apart) is already the account's: the calendar month in between
+-- would count that usage in neither period.
 local function period_at(now, p_start, p_end, extend)
-  if p_start and p_end and now >= p_start and (now < p_end or extend) then
+  if p_start and p_end and (extend or (now >= p_start and now < p_end)) then
     return 's' .. fmt(p_start), p_start, p_end
   end
   local y, m, d, days = civil_at(now)

@@ -42,10 +42,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.metering")
 
 NO_PLAN_TTL_S = 5.0   # a workspace that gets a plan is charged first within this
-# A debit Redis runs this long after the gateway's deadline for it changes nothing: the
-# caller was answered 503 by then. (Generous: it also absorbs an error in the clock
-# offset.)
-LATE_AFTER_DEADLINE_MS = 1000
+# A debit Redis starts later than this share of the gateway's deadline for it changes
+# nothing (EXPIRED): the rest of the deadline is for its reply to reach the gateway, so a
+# debit that charged is never one whose caller was answered 503 (or admitted without a
+# charge and journaled, failing open). A Redis that stalls and then catches up runs
+# every queued debit late, and each does nothing.
+CUTOFF_SHARE = 0.8
 CLOCK_SYNC_S = 60.0
 
 
@@ -85,20 +87,21 @@ class MeteringEngine:
     def _not_after(self) -> bytes:
         """The Redis time after which this debit must do nothing (see debit.lua)."""
         late = self._late_ms
-        return b"" if late is None else b"%d" % (time.time() * 1000 + late)
+        return b"" if late is None else b"%d" % (time.monotonic() * 1000 + late)
 
     async def sync_clock(self) -> None:
-        """Measure Redis' clock against ours (TIME, halfway through the round trip)."""
-        t0 = time.time()
+        """Measure Redis' clock against ours (TIME, halfway through the round trip; our
+        monotonic clock, so a step of the system clock does not move the cutoff)."""
+        t0 = time.monotonic()
         reply = await self.store.read(lambda: self.store.client.time())
-        t1 = time.time()
+        t1 = time.monotonic()
         if isinstance(reply, dict):  # a Cluster answers per node
             reply = next(iter(reply.values()))
         seconds, micros = reply
         offset_ms = int(seconds) * 1000 + int(micros) / 1000 - (t0 + t1) * 500
-        # Our clock plus this is a debit's deadline in Redis' clock (one addition on
-        # every request).
-        self._late_ms = offset_ms + self.store.deadline_s * 1000 + LATE_AFTER_DEADLINE_MS
+        # Our clock plus this is a debit's cutoff in Redis' clock (one addition on every
+        # request).
+        self._late_ms = offset_ms + self.store.deadline_s * 1000 * CUTOFF_SHARE
 
     async def keep_clock(self) -> None:
         """Keep the clock offset fresh (a task of the running gateway)."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import orjson
 
@@ -11,21 +14,29 @@ from tests.gateway_harness import BASE_RULES, client, running_gateway
 from tests.upstream import RecordingUpstream
 
 
+@contextmanager
+def access_lines() -> Iterator[list[dict[str, Any]]]:
+    """The access log's lines written inside the block (read when it ends)."""
+    buf = io.BytesIO()
+    lines: list[dict[str, Any]] = []
+    accesslog.configure(True, buf)
+    try:
+        yield lines
+    finally:
+        accesslog.configure(False)
+        lines.extend(orjson.loads(line) for line in buf.getvalue().splitlines())
+
+
 async def test_one_json_line_per_request(upstream: RecordingUpstream) -> None:
     rules = BASE_RULES.format(upstream=upstream.url, timeout="5s")
-    buf = io.BytesIO()
     async with running_gateway(rules) as gw:
         key = await gw.new_key(user="alice")
-        accesslog.configure(True, buf)
-        try:
+        with access_lines() as lines:
             async with client(gw.url) as c:
                 ok = await c.get("/api/one", headers={"X-Api-Key": key,
                                                       "X-Request-Id": "req-1"})
                 denied = await c.get("/api/two", headers={"X-Api-Key": "nope"})
-        finally:
-            accesslog.configure(False)
     assert (ok.status_code, denied.status_code) == (200, 401)
-    lines = [orjson.loads(line) for line in buf.getvalue().splitlines()]
     assert len(lines) == 2
     first, second = lines
     assert first["id"] == "req-1" and first["user"] == "alice"
@@ -58,18 +69,14 @@ async def test_the_gateways_own_answers_are_logged_and_counted_as_sent(
     """/usage/me, /billing/* and problem answers: the caller, the bytes sent, and a
     billing error's own code (in the line and in the request metrics), not OK."""
     rules = BASE_RULES.format(upstream=upstream.url, timeout="5s")
-    buf = io.BytesIO()
     async with running_gateway(rules) as gw:
         key = await gw.new_key(user="alice")
-        accesslog.configure(True, buf)
-        try:
+        with access_lines() as lines:
             async with client(gw.url) as c:
                 me = await c.get("/usage/me", headers={"X-Api-Key": key})
                 billing = await c.post("/billing/checkout", json={"plan": "nope"},
                                        headers={"X-Api-Key": key})
                 denied = await c.get("/api/two", headers={"X-Api-Key": "nope"})
-        finally:
-            accesslog.configure(False)
         registry = gw.runtime.metrics.registry
         code = billing.json()["code"]
         assert registry.get_sample_value("gateway_requests_total", {
@@ -77,7 +84,7 @@ async def test_the_gateways_own_answers_are_logged_and_counted_as_sent(
         assert registry.get_sample_value("gateway_requests_total", {
             "route": "/billing/", "decision": "admit", "code": "OK"}) is None
     assert me.status_code == 200 and billing.status_code >= 400
-    usage, checkout, problem = [orjson.loads(line) for line in buf.getvalue().splitlines()]
+    usage, checkout, problem = lines
     assert (usage["user"], usage["code"], usage["bytes_out"]) == ("alice", "OK", len(me.content))
     assert (checkout["user"], checkout["status"], checkout["code"], checkout["bytes_out"]) == (
         "alice", billing.status_code, code, len(billing.content))
@@ -93,17 +100,12 @@ async def test_a_settled_or_refunded_request_logs_what_it_cost(
         "  rules:\n"
         "    - {path: /api/usage, reserve: 100, settle: {json: usage.total_tokens}}\n"
         "    - {path: /api/status/*, units: 5}")
-    buf = io.BytesIO()
     async with running_gateway(rules) as gw:
         key = await gw.new_key(user="alice")
-        accesslog.configure(True, buf)
-        try:
+        with access_lines() as lines:
             async with client(gw.url) as c:
                 settled = await c.post("/api/usage?tokens=13", headers={"X-Api-Key": key})
                 refunded = await c.get("/api/status/502", headers={"X-Api-Key": key})
                 kept = await c.get("/api/status/200", headers={"X-Api-Key": key})
-        finally:
-            accesslog.configure(False)
     assert (settled.status_code, refunded.status_code, kept.status_code) == (200, 502, 200)
-    lines = [orjson.loads(line) for line in buf.getvalue().splitlines()]
     assert [line["units"] for line in lines] == [13, 0, 5]

@@ -104,6 +104,7 @@ class Runtime:
                                   observe=self._observe_store)
         self.engine = MeteringEngine(
             self.store, clock_ms=clock_ms, observe_store=self._observe_store,
+            observe_debit=self.metrics.store_latency.labels("debit").observe,
             usage_retention_ms=max(int(settings.usage_retention_days * 86_400_000), 0))
         self.ledger = Ledger(self.store, self.engine.scripts)
         self.journal = Journal(settings.journal_path or None)

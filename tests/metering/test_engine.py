@@ -85,7 +85,8 @@ async def test_a_debit_redis_refuses_is_store_unavailable() -> None:
     store = open_store(server.url)
     try:
         rules, tables = rules_with(1_000_000)
-        engine = MeteringEngine(store)
+        observed: list[tuple[str, float, bool]] = []
+        engine = MeteringEngine(store, observe_store=lambda *a: observed.append(a))
         caller = Caller(user="oom", workspace=None, key_id="k1")
         assert await admit(engine, rules, tables, caller, 1, "r1") == (True, None)
         await store.client.config_set("maxmemory", "1")
@@ -94,6 +95,9 @@ async def test_a_debit_redis_refuses_is_store_unavailable() -> None:
             await admit(engine, rules, tables, caller, 1, "r2")
         await store.client.config_set("maxmemory", "0")
         assert await recorded_units(store, "oom") == [1]
+        # Both debits were observed: the latency of each, the failure as a failure.
+        assert [(op, ok) for op, _, ok in observed] == [("debit", True), ("debit", False)]
+        assert all(0 <= seconds < 5 for _, seconds, _ in observed)
     finally:
         await store.close()
         server.stop()

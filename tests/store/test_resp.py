@@ -31,3 +31,16 @@ def test_the_number_of_values_must_match() -> None:
     template = CommandTemplate(["GET", OPEN])
     with pytest.raises(ValueError, match="1 open"):
         template.fill(b"a", b"b")
+
+
+@given(st.lists(ARG, max_size=6), st.lists(ARG, max_size=6), st.lists(ARG, max_size=6),
+       st.tuples(st.binary(max_size=40), st.binary(max_size=40), st.binary(max_size=40)))
+def test_fill3_is_fill_of_three(head: list[object], mid: list[object], tail: list[object],
+                                values: tuple[bytes, bytes, bytes]) -> None:
+    template = CommandTemplate(["EVALSHA", *head, OPEN, *mid, OPEN, *tail, OPEN])
+    assert template.fill3(*values) == template.fill(*values)
+
+
+def test_fill3_needs_three_open_arguments() -> None:
+    with pytest.raises(ValueError, match="2 open"):
+        CommandTemplate(["SET", OPEN, OPEN]).fill3(b"a", b"b", b"c")

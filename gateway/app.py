@@ -101,10 +101,10 @@ class GatewayApp:
                             caller, weight, route_name, request_id,
                             f"{method} {path}?{query.decode('latin-1')}" if query
                             else f"{method} {path}")
-            entry.update(meter=weight.meter.name, units=charge.units)
+            entry.update(meter=weight.meter.name, units=weight.upfront)
             extra = [(b"x-request-id", request_id.encode())]
             # Free unless it costs units or settles to what it used (reserve 0 + settle).
-            if charge.units > 0 or weight.settle is not None:
+            if weight.upfront > 0 or weight.settle is not None:
                 try:
                     decision = await charge.admit(client_request_id)
                 except StoreUnavailable as failed:
@@ -112,7 +112,7 @@ class GatewayApp:
                 if not decision.admitted and decision.error is not None:
                     raise decision.error
                 extra.extend(charge.response_headers())
-                entry["account"] = decision.account.scope if decision.account else None
+                entry["account"] = decision.leg.account.scope if decision.leg else None
                 if decision.shadow_code:
                     entry["shadow"] = decision.shadow_code
             target = routing.targets[route.upstream.name]

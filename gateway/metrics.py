@@ -9,18 +9,20 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from gateway.counters import FastCounter, FastHistogram
+from gateway.counters import CounterChild, FastCounter, FastHistogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                  0.5, 1.0)
+UNIT_POOLS = ("quota", "credits", "overage", "grace")  # what paid a debit, in that order
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._admit_counters: dict[tuple[str, str], tuple[CounterChild, ...]] = {}
         self.requests = FastCounter(
             "gateway_requests", "Requests by route, decision and code",
             ["route", "decision", "code"], registry=r)
@@ -100,3 +102,24 @@ class Metrics:
         self.billing_notifications = Counter(
             "gateway_billing_notifications", "Billing notifications sent to accounts",
             ["kind"], registry=r)
+
+    def count_admit(self, scope: str, meter: str, quota: int, credits: int, overage: int,
+                    grace: int) -> None:
+        """One admitted, charged debit: the ADMIT decision for the paying scope, and its
+        units by pool. One call with the counters bound once per scope and meter (the
+        metered request path made up to six lookups and increments here)."""
+        bound = self._admit_counters.get((scope, meter))
+        if bound is None:
+            bound = self._admit_counters[(scope, meter)] = (
+                self.decisions.labels("ADMIT", scope),
+                *(self.units.labels(meter, pool) for pool in UNIT_POOLS))
+        decision, q, c, o, g = bound
+        decision.value += 1
+        if quota:
+            q.value += quota
+        if credits:
+            c.value += credits
+        if overage:
+            o.value += overage
+        if grace:
+            g.value += grace

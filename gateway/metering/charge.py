@@ -49,13 +49,13 @@ class Charge:
 
     @property
     def units(self) -> int:
-        w = self.weight
-        return w.reserve if w.reserve is not None else w.units
+        """What admission debits: the reserve, or the fixed units."""
+        return self.weight.upfront
 
     async def admit(self, idempotent: bool) -> Decision:
         """Debit the reserve (or the fixed units). A refused decision carries the error."""
         weight = self.weight
-        units = self.units
+        units = weight.upfront
         meter = weight.meter.name
         settle = weight.settle
         decision = await self.engine.admit(
@@ -67,44 +67,40 @@ class Charge:
         self.decision = decision
         leg = decision.leg
         metrics = self.metrics
-        if decision.shadow_code:
-            metrics.shadow_rejects.labels(self.route, decision.shadow_code).inc()
-        if not decision.admitted and decision.error is not None:
-            metrics.decisions.labels(decision.error.code, _deny_scope(decision)).inc()
-        else:
-            metrics.decisions.labels("ADMIT", leg.account.scope if leg else "none").inc()
-        if decision.charged and leg is not None:
-            if leg.quota_units:
-                metrics.units.labels(meter, "quota").inc(leg.quota_units)
-            if leg.credit_units:
-                metrics.units.labels(meter, "credits").inc(leg.credit_units)
-            if leg.overage_units:
-                metrics.units.labels(meter, "overage").inc(leg.overage_units)
-            if leg.grace_units:
-                metrics.units.labels(meter, "grace").inc(leg.grace_units)
+        if decision.charged and leg is not None:  # the common case: admitted and paid
+            metrics.count_admit(leg.account.scope, meter, leg.quota_units, leg.credit_units,
+                                leg.overage_units, leg.grace_units)
             if settle is not None or weight.model is not None:
                 self.observer = UsageObserver(
                     json_path=settle.json_path if settle else None,
                     header=settle.header.lower().encode() if settle and settle.header
                     else None,
                     model_path=weight.model.json_path if weight.model else None)
+            return decision
+        if decision.shadow_code:
+            metrics.shadow_rejects.labels(self.route, decision.shadow_code).inc()
+        if not decision.admitted and decision.error is not None:
+            metrics.decisions.labels(decision.error.code, _deny_scope(decision)).inc()
+        else:  # admitted without a charge: free, shadow, a duplicate request id
+            metrics.decisions.labels("ADMIT", leg.account.scope if leg else "none").inc()
         return decision
 
     def response_headers(self) -> list[tuple[bytes, bytes]]:
         d = self.decision
-        if d is None or d.leg is None:
+        if d is None or (leg := d.leg) is None:
             return []
-        units = self.units
+        units = self.weight.upfront
         units_header = _UNITS_HEADERS.get(units)
         if units_header is None:
             if len(_UNITS_HEADERS) > 10_000:  # bounded (settled reserves vary)
                 _UNITS_HEADERS.clear()
             units_header = _UNITS_HEADERS[units] = (b"x-gateway-units", str(units).encode())
-        out = [units_header, _ACCOUNT_HEADERS.get(d.leg.account.scope) or (
-            b"x-gateway-account", d.leg.account.scope.encode())]
-        if d.leg.grace_units:
+        scope = leg.account.scope
+        out = [units_header, _ACCOUNT_HEADERS.get(scope) or (b"x-gateway-account",
+                                                             scope.encode())]
+        if leg.grace_units:
             out.append((b"x-gateway-warning", b"grace: plan quota exhausted, grace in use"))
-        out.extend(rate_limit_headers(d.leg))
+        out.extend(rate_limit_headers(leg))
         return out
 
     def settles(self, outcome: Outcome) -> bool:

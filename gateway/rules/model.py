@@ -93,6 +93,13 @@ class Weight:
     enforce: bool | None  # None: follow the plan / global setting
     source: str  # "weights.rules[2]" or "weights.default"
     index: int | None
+    # What admission debits: the reserve when one is set, else the units (worked out
+    # once here; the request path reads it several times).
+    upfront: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "upfront",
+                           self.reserve if self.reserve is not None else self.units)
 
     @property
     def reads_body(self) -> bool:

@@ -390,6 +390,10 @@ class Report:
     # (case, connections) -> [(baseline, case)] gateway CPU µs per request, per round
     paired_cpu: dict[tuple[str, int], list[tuple[float, float]]] = field(
         default_factory=dict)
+    # (case, connections) -> [(baseline, case)] share of one core the gateway was busy
+    # (CPU seconds per second of the run): below 1, it waited with nothing to do
+    paired_busy: dict[tuple[str, int], list[tuple[float, float]]] = field(
+        default_factory=dict)
     # (case, connections) -> [((reads, writes) baseline, (reads, writes) case)] system
     # calls of the gateway per request, per round
     paired_syscalls: dict[tuple[str, int], list[tuple[tuple[float, float],
@@ -411,6 +415,14 @@ class Report:
     def paired_cpu_us(self, case: str, connections: int) -> tuple[float, float] | None:
         """Median gateway CPU (user + system) per request: baseline, case."""
         rounds = self.paired_cpu.get((case, connections))
+        if not rounds:
+            return None
+        return (statistics.median(b for b, _ in rounds),
+                statistics.median(m for _, m in rounds))
+
+    def paired_busy_share(self, case: str, connections: int) -> tuple[float, float] | None:
+        """Median share of one core the gateway was busy: baseline, case."""
+        rounds = self.paired_busy.get((case, connections))
         if not rounds:
             return None
         return (statistics.median(b for b, _ in rounds),
@@ -537,6 +549,7 @@ def measure_paired(procs: Processes, case: Case, baseline_url: str, url: str,
     rounds = report.paired.setdefault((case.name, connections), [])
     cpu_rounds = report.paired_cpu.setdefault((case.name, connections), [])
     call_rounds = report.paired_syscalls.setdefault((case.name, connections), [])
+    busy_rounds = report.paired_busy.setdefault((case.name, connections), [])
     result: WrkResult | None = None
     total = 0
 
@@ -549,6 +562,9 @@ def measure_paired(procs: Processes, case: Case, baseline_url: str, url: str,
         calls = None if calls_before is None or calls_after is None or not n else (
             (calls_after[0] - calls_before[0]) / n, (calls_after[1] - calls_before[1]) / n)
         return run, cpu, calls
+
+    def busy(cpu_us: float, run: WrkResult) -> float:
+        return cpu_us * run.requests_per_s / 1e6
 
     for i in range(args.paired_rounds):
         # Which goes first alternates too: a machine getting slower (or faster) during
@@ -564,6 +580,7 @@ def measure_paired(procs: Processes, case: Case, baseline_url: str, url: str,
         rounds.append((base.requests_per_s, result.requests_per_s))
         if base_cpu is not None and cpu is not None:
             cpu_rounds.append((base_cpu, cpu))
+            busy_rounds.append((busy(base_cpu, base), busy(cpu, result)))
         if base_calls is not None and calls is not None:
             call_rounds.append((base_calls, calls))
         total += result.requests
@@ -644,6 +661,12 @@ def print_report(report: Report, cases: Sequence[Case], out: IO[str]) -> None:
                 line += (f"; gateway CPU per request {cpu[0]:.0f} µs {case.baseline}, "
                          f"{cpu[1]:.0f} µs {case.name} (ratio {cpu[0] / cpu[1]:.2f})")
             print(line, file=out)
+            share = report.paired_busy_share(case.name, c)
+            if share is not None:
+                # Throughput ratio = CPU-per-request ratio x busy ratio: this says how much
+                # of a gap is waiting (on Redis, with nothing else to do) rather than work.
+                print(f"  at {c} conns: gateway busy {share[0]:.0%} of a core "
+                      f"{case.baseline}, {share[1]:.0%} {case.name}", file=out)
             per_request = report.paired_syscalls_per_request(case.name, c)
             if per_request is not None:
                 (br, bw), (mr, mw) = per_request
@@ -697,6 +720,7 @@ def report_json(report: Report, cases: Sequence[Case], args: argparse.Namespace
                      "rounds": report.paired.get((c.name, r.connections)),
                      "gateway_cpu_us_per_request": report.paired_cpu.get((c.name,
                                                                         r.connections)),
+                     "gateway_busy_share": report.paired_busy.get((c.name, r.connections)),
                      "gateway_syscalls_per_request": report.paired_syscalls.get(
                          (c.name, r.connections)),
                      "redis_commands_per_request": report.store_calls.get((c.name,

@@ -146,6 +146,8 @@ def test_report_ratios_table_and_json() -> None:
                                                     (2600.0, 2000.0)]
     report.paired_cpu[("gateway-aiohttp-metered", 8)] = [(300.0, 330.0), (310.0, 320.0),
                                                         (290.0, 350.0)]
+    report.paired_busy[("gateway-aiohttp-metered", 8)] = [(0.99, 0.93), (0.97, 0.95),
+                                                         (0.98, 0.90)]
     report.paired_syscalls[("gateway-aiohttp-metered", 8)] = [((2.0, 4.0), (2.5, 4.5)),
                                                              ((2.0, 4.0), (2.3, 4.3))]
     report.store_calls[("gateway-aiohttp-metered", 8)] = {"evalsha": 1.0, "hincrby": 5.0}
@@ -158,6 +160,9 @@ def test_report_ratios_table_and_json() -> None:
     # How far apart the rounds were, and the CPU each request cost the gateway (medians).
     assert ("at 8 conns: rounds from 0.77 to 0.95; gateway CPU per request 300 µs gateway-aiohttp, "
             "330 µs gateway-aiohttp-metered (ratio 0.91)") in text
+    # How busy the gateway was, each side (medians): the rest of the time it waited.
+    assert ("at 8 conns: gateway busy 98% of a core gateway-aiohttp, 93% "
+            "gateway-aiohttp-metered") in text
     # The gateway's system calls per request, each side (means over the rounds).
     assert ("at 8 conns: gateway reads + writes per request 2.00 + 4.00 gateway-aiohttp, "
             "2.40 + 4.40 gateway-aiohttp-metered") in text
@@ -169,6 +174,7 @@ def test_report_ratios_table_and_json() -> None:
     assert data["metered"][0]["ratio"] == pytest.approx(0.92)
     assert data["metered"][0]["gateway_cpu_us_per_request"][0] == (300.0, 330.0)
     assert data["metered"][0]["gateway_syscalls_per_request"][1] == ((2.0, 4.0), (2.3, 4.3))
+    assert data["metered"][0]["gateway_busy_share"][2] == (0.98, 0.90)
     assert [r["ratio_vs_direct"] for r in data["runs"]] == pytest.approx(
         [1.0, 0.25, 0.05, 0.23])
     assert data["runs"][2]["flagged"] is True

@@ -5,14 +5,14 @@ at once and a protocol callback hands each reply to the oldest waiting caller (F
 decoded by hiredis' C reader. No pool checkout, no lock, no per-command task: ~15 µs of
 our CPU per call instead of redis-py's ~100 µs.
 
-A command is written the moment it is made when nothing is ahead of it: on a busy
-gateway the rest of a loop iteration takes long enough (other requests' work) that
-holding every write to its end kept Redis waiting, and then every request in flight
-waited on Redis with the gateway idle (~7% of its time at 8 connections in the
-benchmark). A command made while others are still unanswered joins the other commands
-of that loop iteration in one write at its end: Redis has the earlier ones to run (or
-has run them) first, and each write is a system call (with 8 benchmark connections,
-this saves about half of them).
+Every command is written the moment it is made. Holding the ones made behind an
+unanswered command until the end of the loop iteration (one write for all of them, half
+the write calls at 8 benchmark connections) delayed each by the rest of the iteration's
+work, hundreds of µs on a busy gateway; Redis then ran them back to back and answered
+them together, and meanwhile the gateway had run out of work: it went idle about once
+every 25 metered requests (voluntary context switches, benchmark at 8 connections),
+against once every 100 to 200 written at once, for the same system time per request.
+(Under backpressure the transport itself queues what the socket does not take.)
 
 Deadlines cost one timer per connection, not one per call: the timer is armed for the
 earliest deadline and, when it fires, fails every call past its own and re-arms for the
@@ -64,7 +64,6 @@ class _Protocol(asyncio.Protocol):
         self.lost = self.loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
-        self._pending: list[bytes] = []
 
     def submit(self, command: bytes, deadline_s: float | None) -> asyncio.Future[Any]:
         """Queue one RESP command; its reply (or error) arrives on the future, a
@@ -79,21 +78,11 @@ class _Protocol(asyncio.Protocol):
             if self._timer is None or expires < self._timer_at:
                 # (With one deadline for all calls, only the first call arms it.)
                 self._arm(expires)
-        if self.transport is not None and not self.transport.is_closing():
-            if self._pending:  # (after the ones already held: replies come in order)
-                self._pending.append(command)
-            elif len(self.waiting) > 1:  # others are ahead: one write for the iteration
-                self._pending.append(command)
-                loop.call_soon(self._flush)
-            else:
-                self.transport.write(command)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(command)
+        # (A connection lost has failed or will fail the future: nothing to send.)
         return future
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(pending))
-        # (A connection lost meanwhile has failed their futures: nothing to send.)
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:

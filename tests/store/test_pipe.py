@@ -9,7 +9,7 @@ import pytest
 
 from gateway.errors import StoreUnavailable
 from gateway.store import open_store
-from gateway.store.pipe import PipeError, RedisPipe, ReplyError
+from gateway.store.pipe import HOLD_BEHIND, PipeError, RedisPipe, ReplyError
 from gateway.store.resp import pack
 from tests.redis_servers import RedisServer, start_redis
 
@@ -175,7 +175,9 @@ class _CountingTransport:
         self.transport.close()
 
 
-async def test_every_command_goes_out_at_once(redis_server: RedisServer) -> None:
+async def test_commands_go_out_at_once_until_enough_are_unanswered(
+    redis_server: RedisServer,
+) -> None:
     pipe = RedisPipe(redis_server.url)
     await pipe.execute("PING")  # connected
     protocol = pipe._protocol
@@ -186,12 +188,14 @@ async def test_every_command_goes_out_at_once(redis_server: RedisServer) -> None
     assert len(counting.writes) == 1  # written before the caller even awaits
     assert await lone == b"lone"
     counting.writes.clear()
-    # Ten commands made in one loop iteration, each behind unanswered ones: each is
-    # written as it is made (not held for the iteration's end), and every caller still
-    # gets its own reply, in order.
+    # Ten commands made in one loop iteration: each goes out as it is made while fewer
+    # than HOLD_BEHIND are ahead of it, the rest together at the iteration's end; every
+    # caller still gets its own reply, in order.
     calls = [pipe.submit(pack(["ECHO", f"m{i}"])) for i in range(10)]
-    assert len(counting.writes) == 10
+    assert len(counting.writes) == HOLD_BEHIND
     assert await asyncio.gather(*calls) == [f"m{i}".encode() for i in range(10)]
+    assert len(counting.writes) == HOLD_BEHIND + 1
+    assert counting.writes[-1].count(b"ECHO") == 10 - HOLD_BEHIND
     await pipe.close()
 
 

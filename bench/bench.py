@@ -70,6 +70,13 @@ store_failure: closed
 """
 
 
+def _side_medians(rounds: list[tuple[float, float]] | None) -> tuple[float, float] | None:
+    """The median of each side of paired rounds (baseline, case); None without rounds."""
+    if not rounds:
+        return None
+    return (statistics.median(b for b, _ in rounds), statistics.median(m for _, m in rounds))
+
+
 class BenchError(Exception):
     """The benchmark could not run (a process failed to start, wrk printed nonsense…)."""
 
@@ -414,19 +421,11 @@ class Report:
 
     def paired_cpu_us(self, case: str, connections: int) -> tuple[float, float] | None:
         """Median gateway CPU (user + system) per request: baseline, case."""
-        rounds = self.paired_cpu.get((case, connections))
-        if not rounds:
-            return None
-        return (statistics.median(b for b, _ in rounds),
-                statistics.median(m for _, m in rounds))
+        return _side_medians(self.paired_cpu.get((case, connections)))
 
     def paired_busy_share(self, case: str, connections: int) -> tuple[float, float] | None:
         """Median share of one core the gateway was busy: baseline, case."""
-        rounds = self.paired_busy.get((case, connections))
-        if not rounds:
-            return None
-        return (statistics.median(b for b, _ in rounds),
-                statistics.median(m for _, m in rounds))
+        return _side_medians(self.paired_busy.get((case, connections)))
 
     def paired_syscalls_per_request(self, case: str, connections: int
                                     ) -> tuple[tuple[float, float], tuple[float, float]] | None:

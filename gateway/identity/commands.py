@@ -6,6 +6,7 @@ Results go to `out`, problems to `err` (stderr by default).
 
 from __future__ import annotations
 
+import re
 import sys
 from datetime import UTC, datetime
 from typing import TextIO
@@ -36,7 +37,7 @@ async def keys_create(
             user=user, workspace=workspace, role=role, test=test, limit=limit,
             window_s=window_s)
     except GatewayError as exc:
-        print(f"gateway keys create: {exc.detail}", file=err)
+        print(f"gateway keys create: {_as_options(exc.detail)}", file=err)
         return 1
     if as_json:
         out.write(orjson.dumps({"id": key.id, "key": secret, **key.describe()}).decode() + "\n")
@@ -83,3 +84,15 @@ def _owner(key: ApiKey) -> str:
 
 def _when(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+# The registry names the admin API's JSON fields; on the command line they are options.
+_OPTIONS = {"user": "--user", "workspace": "--workspace", "role": "--role",
+            "limit": "--limit", "window_s": "--window"}
+_OPTION_RE = re.compile(r"\b(" + "|".join(_OPTIONS) + r")\b(?= (?:must|and|go))")
+
+
+def _as_options(detail: str) -> str:
+    """'limit and window_s go together…' → '--limit and --window go together…'."""
+    return _OPTION_RE.sub(lambda m: _OPTIONS[m.group(1)], detail)
+

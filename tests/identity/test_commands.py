@@ -49,7 +49,14 @@ async def test_create_friendly_output(store: Store) -> None:
 async def test_bad_input_and_unknown_id_exit_1(store: Store) -> None:
     out, err = io.StringIO(), io.StringIO()
     assert await keys_create(store, user="a b", out=out, err=err) == 1
-    assert "user" in err.getvalue() and out.getvalue() == ""
+    assert "--user must be" in err.getvalue() and out.getvalue() == ""
+    # The command line's option names, not the admin API's fields (window_s).
+    err = io.StringIO()
+    assert await keys_create(store, user="bob", limit=5, out=out, err=err) == 1
+    assert "--limit and --window go together" in err.getvalue()
+    err = io.StringIO()
+    assert await keys_create(store, user="bob", limit=5, window_s=10**9, out=out, err=err) == 1
+    assert "--window must be an integer from 1 to" in err.getvalue()
     err = io.StringIO()
     assert await keys_revoke(store, "key_0000000000000000", out=out, err=err) == 1
     assert "no key" in err.getvalue()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -12,6 +11,7 @@ from gateway.billing.customers import Customers
 from gateway.billing.selfservice import context, query_account
 from gateway.billing.stripe_client import stripe_errors
 from gateway.errors import GatewayError
+from gateway.isotime import iso_ms, iso_s
 from gateway.metering.accounts import Account
 
 RUNNING = frozenset({"active", "trialing"})
@@ -34,13 +34,13 @@ def shown_status(status: str, cancel_at_period_end: bool) -> str:
 def _iso_ms(value: str | None) -> str | None:
     if not value:
         return None
-    return datetime.fromtimestamp(int(value) / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+    return iso_ms(int(value))
 
 
 def _iso_s(value: object) -> str | None:
     if not isinstance(value, int):
         return None
-    return datetime.fromtimestamp(value, tz=UTC).isoformat().replace("+00:00", "Z")
+    return iso_s(value)
 
 
 def subscription_document(account: Account, config: dict[str, str]) -> dict[str, Any] | None:

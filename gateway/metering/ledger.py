@@ -7,10 +7,10 @@ through usage.lua, so a gauge shown to a user is computed by the same code that 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
+from gateway.isotime import iso_ms
 from gateway.metering.accounts import Account
 from gateway.metering.plans import BUCKETS, PlanTables
 from gateway.metering.scripts import Scripts
@@ -25,10 +25,6 @@ MAX_GRANT_MICRO = 10**13  # $10M in one grant: a typo guard, not a business rule
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +180,7 @@ class Ledger:
             "id": account.id,
             "plan": plan or None,
             "status": status if plan else None,
-            "period": {"id": period, "start": _iso(start_ms), "end": _iso(end_ms)},
+            "period": {"id": period, "start": iso_ms(start_ms), "end": iso_ms(end_ms)},
             "quota": quota,
             "credits_micro_usd": credits,
             "credits_usd": micro_to_usd(credits),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.isotime import iso_ms
 from gateway.metering.accounts import Account
 from gateway.money import micro_to_usd
 
@@ -181,8 +182,14 @@ def refuse(legs: list[Leg], upgrade_url: str | None, top_up_url: str | None) -> 
                 else:
                     limits = {"limit": leg.quota_total if leg.quota_total >= 0 else None,
                               "remaining": leg.quota_remaining}
+                inactive = code == "SUBSCRIPTION_INACTIVE"
                 return GatewayError(
-                    code, _money_detail(leg), scope=_scope(leg), period=leg.period,
+                    code, _money_detail(leg), scope=_scope(leg),
+                    # (An inactive subscription has no period to speak of: the id would
+                    # be the internal key of one that does not apply.)
+                    period=None if inactive else leg.period,
+                    period_end=iso_ms(leg.period_end_ms) if leg.period_end_ms > 0
+                    and not inactive else None,
                     reset=reset, **limits,
                     top_up_url=top_up_url if code != "SUBSCRIPTION_INACTIVE" else None,
                     upgrade_url=upgrade_url)
@@ -204,5 +211,8 @@ def _money_detail(leg: Leg) -> str:
         "BUDGET_HARD_CAP_HIT": f"{who} reached its monthly budget cap",
         "SUBSCRIPTION_INACTIVE": f"{who}'s subscription is not active",
         "INSUFFICIENT_CREDITS": f"{who} has too few prepaid credits for this request",
-        "QUOTA_EXHAUSTED": f"{who} used its {leg.plan} plan quota for period {leg.period}",
+        "QUOTA_EXHAUSTED": f"{who} used its {leg.plan} plan quota for this billing period"
+                           + (f" (until {iso_ms(leg.period_end_ms)})" if leg.period_end_ms > 0
+                              else ""),
     }.get(leg.code, f"{who} cannot pay for this request ({leg.code})")
+

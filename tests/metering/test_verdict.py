@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.metering.accounts import Account
-from gateway.metering.verdict import Leg, rate_limit_headers
+from gateway.metering.verdict import Leg, rate_limit_headers, refuse
 
 # A debit reply as Redis sends it: Lua numbers as ints, Lua strings as bytes.
 REPLY: list[Any] = [1, b"", 1, 0, 100, 58, 1501, 60000, 2, 0, 0, 0, 0, 0, 998, b"2026-12",
@@ -82,3 +82,27 @@ def test_the_ratelimit_field_says_the_window_as_it_stands(
             (b"ratelimit-policy", f'"{scope}";q={limit};w={max(1, window_ms // 1000)}'.encode()),
             (b"ratelimit",
              f'"{scope}";r={remaining};t={max(0, math.ceil(reset_ms / 1000))}'.encode())]
+
+
+def _refused(code: bytes, period: bytes, period_end_ms: int) -> dict[str, Any]:
+    reply = [0, code, 1, 0, 100, 58, 1501, 60000, 0, 0, 0, 0, 0, 0, 0, period,
+             1764590000000, b"pro", 0, b"account", period_end_ms, b"", 1, 1000, -1, 0, 0]
+    return refuse([Leg.parse(Account("user", "u1"), reply)], None, None).body()
+
+
+def test_an_exhausted_quota_says_when_its_period_ends() -> None:
+    body = _refused(b"QUOTA_EXHAUSTED", b"s1764547200000", 1767225600000)
+    assert body["code"] == "QUOTA_EXHAUSTED"
+    assert body["period"] == "s1764547200000"  # the period's id, as the admin API has it
+    assert body["period_end"] == "2026-01-01T00:00:00Z"
+    assert body["detail"] == ("user u1 used its pro plan quota for this billing period "
+                              "(until 2026-01-01T00:00:00Z)")
+    assert body["limit"] == 1000 and body["remaining"] == 0
+
+
+def test_an_inactive_subscription_names_no_period() -> None:
+    body = _refused(b"SUBSCRIPTION_INACTIVE", b"s1764547200000", 1767225600000)
+    assert body["code"] == "SUBSCRIPTION_INACTIVE"
+    assert "period" not in body and "period_end" not in body
+    assert "s1764547200000" not in str(body)
+

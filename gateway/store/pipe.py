@@ -13,7 +13,7 @@ iteration's work (hundreds of µs on a busy gateway), Redis then ran them back t
 and answered them together, and the gateway meanwhile ran out of work — idle once every
 20 to 30 metered requests at 8 benchmark connections (voluntary context switches), against
 once every 80 to 100 now; writing every command at once, at 32 connections, cost ~30 µs
-more system time per request and gave a throughput ratio of 0.75 (0.98 with this rule).
+more system time per request and gave a throughput ratio of 0.75 (0.97 with this rule).
 With two ahead, Redis has ~0.2 ms of debits to run before this one anyway.
 
 Deadlines cost one timer per connection, not one per call: the timer is armed for the

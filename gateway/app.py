@@ -46,6 +46,7 @@ class GatewayApp:
         self.runtime = runtime
         self.metrics = runtime.metrics
         self.billing_app = build_billing_app(runtime)
+        self._defer_settlement = runtime.defer_settlement  # (bound once, not per request)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -100,7 +101,7 @@ class GatewayApp:
             charge = Charge(self.runtime.engine, self.metrics, routing.rules, routing.tables,
                             caller, weight, route_name, request_id,
                             f"{method} {path}?{query.decode('latin-1')}" if query
-                            else f"{method} {path}")
+                            else f"{method} {path}", defer=self._defer_settlement)
             entry.update(meter=weight.meter.name, units=weight.upfront)
             extra = [(b"x-request-id", request_id.encode())]
             # Free unless it costs units or settles to what it used (reserve 0 + settle).

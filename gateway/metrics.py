@@ -7,6 +7,8 @@ The metrics every request updates are `gateway.counters`' lock-free ones.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.counters import CounterChild, FastCounter, FastHistogram
@@ -123,3 +125,15 @@ class Metrics:
             o.value += overage
         if grace:
             g.value += grace
+
+    def count_settlement(self, kind: str, meter: str, delta: int,
+                         pools: Mapping[str, int]) -> None:
+        """One settlement applied (at the response, or replayed from the journal):
+        units given back, and units charged beyond the reserve where they were paid."""
+        self.settlements.labels(kind, meter).inc()
+        if delta < 0:
+            self.refunded_units.labels(meter).inc(-delta)
+        for pool, n in pools.items():
+            if n > 0:
+                self.units.labels(meter, pool).inc(n)
+

@@ -23,6 +23,7 @@ from gateway.identity.registry import KeyRegistry
 from gateway.metering.engine import MeteringEngine
 from gateway.metering.journal import Journal
 from gateway.metering.ledger import Ledger
+from gateway.metering.pending import PendingSettlement
 from gateway.metering.plans import PlanTables
 from gateway.metrics import Metrics
 from gateway.proxy.forward import Target
@@ -163,17 +164,26 @@ class Runtime:
         await self.store.close()
 
     async def replay_journal(self) -> int:
-        """Replay fail-open usage into the store; returns how many requests were."""
+        """Replay the journal into the store (fail-open usage, settlements the store
+        could not take); returns how many entries were."""
         if not len(self.journal):
             return 0
         routing = self.routing
-        done = await self.journal.replay(self.engine, routing.rules, routing.tables,
-                                         on_replayed=self.metrics.journal_replayed.inc)
+        done = await self.journal.replay(
+            self.engine, routing.rules, routing.tables,
+            on_replayed=self.metrics.journal_replayed.inc,
+            on_settled=lambda p, s: self.metrics.count_settlement(p.kind, p.meter, s.delta,
+                                                                  s.pools))
         self.metrics.journal_backlog.set(len(self.journal))
         if done:
-            log.info("replayed %d fail-open requests into the store; %d left", done,
+            log.info("replayed %d journal entries into the store; %d left", done,
                      len(self.journal))
         return done
+
+    def defer_settlement(self, pending: PendingSettlement) -> None:
+        """A settlement the store could not take: journaled, replayed with the rest."""
+        self.journal.record_settlement(pending)
+        self.metrics.journal_backlog.set(len(self.journal))
 
     async def _replay_journal(self) -> None:
         while True:

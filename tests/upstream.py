@@ -154,6 +154,8 @@ class RecordingUpstream:
                 return False
         if path.startswith("/status/"):
             status = int(path.rsplit("/", 1)[1])
+            if "ms" in q:  # a job that fails after a while
+                await asyncio.sleep(int(q["ms"]) / 1000)
             await self._send(writer, status, b'{"status": %d}' % status)
         elif path == "/upload":
             await self._send(writer, 200, orjson.dumps(

@@ -9,11 +9,14 @@ Every admitted reservation is closed exactly once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.caller import Caller
+from gateway.errors import StoreUnavailable
 from gateway.metering.engine import MeteringEngine
+from gateway.metering.pending import PendingSettlement
 from gateway.metering.plans import PlanTables
 from gateway.metering.settlement import UsageObserver
 from gateway.metering.verdict import Decision, rate_limit_headers
@@ -46,6 +49,9 @@ class Charge:
     decision: Decision | None = None
     observer: UsageObserver | None = None
     settled_units: int | None = None  # what close() left charged (a refund: 0)
+    # Where a settlement the store cannot take goes, to be applied later (the journal);
+    # None: it is logged and the debit stands.
+    defer: Callable[[PendingSettlement], None] | None = None
 
     @property
     def units(self) -> int:
@@ -127,16 +133,24 @@ class Charge:
                 self.settled_units = actual
                 return
             meter = self.weight.meter.name
-            settled = await self.engine.settle(
-                self.rules, self.tables, d, self.caller, actual=actual, kind=kind,
-                route=self.route, request_id=self.request_id, model=model, meter=meter)
+            try:
+                settled = await self.engine.settle(
+                    self.rules, self.tables, d, self.caller, actual=actual, kind=kind,
+                    route=self.route, request_id=self.request_id, model=model, meter=meter)
+            except StoreUnavailable:
+                if self.defer is None:
+                    raise
+                # Kept to apply once Redis answers again (the journal's replay), so a
+                # refund or a settlement is late rather than lost.
+                self.defer(PendingSettlement.of(
+                    d, self.caller, actual=actual, kind=kind, route=self.route,
+                    request_id=self.request_id, model=model, meter=meter))
+                self.settled_units = actual
+                log.warning("the store is down: the %s of request %s (%d units) is kept "
+                            "to apply when it is back", kind, self.request_id, actual)
+                return
             self.settled_units = actual
-            self.metrics.settlements.labels(kind, meter).inc()
-            if settled.delta < 0:
-                self.metrics.refunded_units.labels(meter).inc(-settled.delta)
-            for pool, n in settled.pools.items():
-                if n > 0:  # units charged beyond the reserve count where they were paid
-                    self.metrics.units.labels(meter, pool).inc(n)
+            self.metrics.count_settlement(kind, meter, settled.delta, settled.pools)
         except Exception:
             # The debit stands (the reserve is charged): money is never lost, at worst
             # a refund is. Logged with the request id for reconciliation.

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 from gateway.caller import Caller
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.metering.accounts import Account, Scope
+from gateway.metering.pending import PendingSettlement
 from gateway.metering.plans import BUCKETS, PlanTables, key_window_spec
 from gateway.metering.scripts import Scripts
 from gateway.metering.verdict import (
@@ -410,6 +411,16 @@ class MeteringEngine:
                  "overage": int(reply[4]), "grace": int(reply[6])}
         return Settled(int(reply[0]), {pool: after[pool] - before[pool] for pool in before
                                        if after[pool] != before[pool]})
+
+
+    async def settle_pending(self, rules: Rules, tables: PlanTables,
+                             pending: PendingSettlement) -> Settled:
+        """Apply a settlement the store could not take when it was made (a repeat of one
+        that did run moves nothing: settle.lua's marker)."""
+        return await self.settle(rules, tables, pending.decision(), pending.caller(),
+                                 actual=pending.actual, kind=pending.kind,
+                                 route=pending.route, request_id=pending.request_id,
+                                 model=pending.model, meter=pending.meter)
 
 
 def id_record(caller: Caller, request_id: str) -> str:

@@ -166,3 +166,45 @@ def test_a_request_the_journal_cannot_keep_fails_closed(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable):
         journal.record(entry)
     assert len(journal) == 0  # nothing to replay: it was not served
+
+
+async def test_a_refund_the_store_missed_is_journaled_and_replayed(
+    upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    """Redis goes down while the upstream works on a request, which then fails (502):
+    the refund cannot be made at the response, so it is journaled and applied once
+    Redis is back — the caller is not left paying for a failed request."""
+    persist = ("--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path))
+    server = start_redis(*persist)
+    rules = RULES.format(upstream=upstream.url, policy="closed")
+    try:
+        async with running_gateway(rules, server.url,
+                                   journal_path=str(tmp_path / "journal.jsonl"),
+                                   journal_replay_interval_s=3600,
+                                   store_deadline_s=0.2) as gw:
+            key = await gw.new_key(user="jo")
+            async with client(gw.url) as c:
+                failing = asyncio.ensure_future(
+                    c.get("/api/status/502?ms=600", headers={"X-Api-Key": key}))
+                await asyncio.sleep(0.3)  # admitted (10 units), the upstream still busy
+                assert await fcu_in_stream(gw) == 10
+                server.stop()
+                assert (await failing).status_code == 502
+            # The refund is tried after the response has gone (within the store's
+            # deadline), so it is journaled a moment later.
+            for _ in range(100):
+                if len(gw.runtime.journal):
+                    break
+                await asyncio.sleep(0.02)
+            assert len(gw.runtime.journal) == 1
+            server = start_redis(*persist, port=server.port)
+            assert await gw.runtime.replay_journal() == 1
+            assert len(gw.runtime.journal) == 0
+            assert await fcu_in_stream(gw) == 0  # the debit's 10, the refund's -10
+            async with httpx.AsyncClient() as a:
+                metrics = (await a.get(gw.admin_url + "/metrics")).text
+            assert 'gateway_settlements_total{kind="refund",meter="fcu"} 1.0' in metrics
+            assert 'gateway_refunded_units_total{meter="fcu"} 10.0' in metrics
+    finally:
+        server.stop()
+

@@ -70,8 +70,26 @@ def _entry(line: bytes) -> Entry:
         pending = PendingSettlement(**doc["settle"])
         if pending.scope not in SCOPES:
             raise TypeError(f"scope {pending.scope!r}")
+        _check_types(pending)
         return pending
-    return JournalEntry(**doc)
+    entry = JournalEntry(**doc)
+    _check_types(entry)
+    return entry
+
+
+_TYPES = {"int": (int,), "str": (str,), "bool": (bool,), "str | None": (str, type(None)),
+          "int | None": (int, type(None)), "Scope": (str,)}
+
+
+def _check_types(entry: Entry) -> None:
+    """Every field of the type it is declared with: a line that parses but holds, say,
+    a string for a number would fail its replay, and the replay goes in order — it would
+    hold back every entry after it."""
+    for f in dataclasses.fields(entry):
+        value = getattr(entry, f.name)
+        allowed = _TYPES[str(f.type)]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise TypeError(f"{f.name}: {value!r}")
 
 
 class Journal:

@@ -34,6 +34,9 @@ plans: {big: {throughput: [{limit: 1000000, window: 60s}], quota: {fcu: 1000}}}
 defaults: {user_plan: big}
 """
 USER = Account("user", "pat")
+PENDING = PendingSettlement("user", "pat", "pat", None, "k1", None, None, False, "fcu", 10, 10,
+                            0, 0, 0, 0, 0, "2026-12", "big", "1-0", 1, 0, "refund", "/", "r",
+                            "")
 
 
 async def period_counts(store: Store) -> dict[str, int]:
@@ -136,5 +139,11 @@ def test_unreadable_and_foreign_lines_are_skipped(tmp_path: Path) -> None:
     good = JournalEntry(rid="a", user="u", workspace=None, key_id=None, test=False,
                         meter="fcu", units=3, route="/", ts_ms=1)
     path.write_bytes(orjson.dumps(dataclasses.asdict(good)) + b"\n"
-                     + b'{"settle": {"scope": "galaxy"}}\n' + b"[1, 2]\n" + b"not json\n")
-    assert Journal(str(path)).entries == [good]
+                     + b'{"settle": {"scope": "galaxy"}}\n' + b"[1, 2]\n" + b"not json\n"
+                     + orjson.dumps({**dataclasses.asdict(good), "units": "3"}) + b"\n"
+                     + orjson.dumps({**dataclasses.asdict(good), "test": 1}) + b"\n"
+                     + orjson.dumps({"settle": {**dataclasses.asdict(PENDING), "actual": True}})
+                     + b"\n" + orjson.dumps({"settle": dataclasses.asdict(PENDING)}) + b"\n")
+    # The good lines in their order; the rest (wrong shapes or types) skipped, so no
+    # entry can hold the replay back.
+    assert Journal(str(path)).entries == [good, PENDING]

@@ -115,9 +115,9 @@ class Journal:
                             len(self.entries))
 
     def record(self, entry: Entry) -> None:
-        """Keep a fail-open request's usage: on disk first, so what is replayed is only
-        what was kept. A journal that cannot be written fails the request closed (503):
-        it is neither served nor charged later."""
+        """Keep an entry on disk first, so what is replayed is only what was kept. A
+        journal that cannot be written fails a fail-open request closed (503): it is
+        neither served nor charged later (settlements: record_settlement)."""
         if self.path is not None:
             try:
                 with self.path.open("ab") as f:

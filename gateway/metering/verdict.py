@@ -110,10 +110,6 @@ class Decision:
     error: GatewayError | None = None
     legs: list[Leg] = field(default_factory=list)
 
-    @property
-    def account(self) -> Account | None:
-        return self.leg.account if self.leg else None
-
 
 # RateLimit-Policy fields by (window name, limit, window ms): a plan has a few windows,
 # and the field is the same on every response they govern; with it, the RateLimit field's
